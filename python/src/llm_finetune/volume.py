@@ -1,0 +1,70 @@
+"""The volume layout shared by the initializer (writer) and the trainer/hooks (readers).
+
+Each directory the initializer fills (``paths.model``, ``paths.dataset``) gets a
+completion manifest, ``.llm-finetune-manifest.json``, written last and atomically::
+
+    {
+      "kind": "model" | "dataset",
+      "source": "hf://org/name",           # the URI from the config
+      "revision": "a1b2c3...",             # resolved commit sha / S3 ETag digest / "" for local
+      "sourceKey": "...",                  # identity of the request (uri, revision, name, split, patterns)
+      "layout": "files" | "save_to_disk",  # datasets only: how to load it
+      "fileType": "jsonl",                 # datasets with layout=files: json|jsonl|csv|parquet|arrow
+      "splits": {"train": ["train.jsonl"], "test": ["test.jsonl"]},  # datasets, layout=files
+      "files": [{"path": "...", "size": 123, "sha256": "..."}],
+      "createdAt": "2026-11-28T21:00:00Z",
+      "tool": "llm-finetune 0.1.0"
+    }
+
+A directory whose manifest is present and whose ``sourceKey`` matches the request is
+complete: reruns download nothing. A directory without a manifest is partial and is
+finished (resumed) by the next initializer run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = ".llm-finetune-manifest.json"
+
+
+def manifest_path(directory: str | os.PathLike[str]) -> Path:
+    return Path(directory) / MANIFEST_NAME
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The completion manifest of ``directory``, or None when it is absent or unreadable."""
+    try:
+        with open(manifest_path(directory), encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON to a temporary file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_manifest(directory: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    atomic_write_json(manifest_path(directory), data)
