@@ -50,7 +50,7 @@ test: venv tools
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 run: venv tools
-	$(BIN)/llm-finetune run-local -f values-examples/local-demo.yaml --workdir .run
+	$(BIN)/llm-finetune run-local --demo -f values-examples/local-demo.yaml --workdir .run
 
 bench: venv tools
 	$(BIN)/python tests/bench/run_all.py

@@ -62,6 +62,16 @@ def s3_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def hf_hub():
+    """A local Hugging Face Hub (tests/fixtures/hfhub.py) for the session: add repos with
+    ``hf_hub.add_model_repo(...)`` and point clients at ``hf_hub.endpoint`` via HF_ENDPOINT."""
+    from fixtures.hfhub import HubFixture
+
+    with HubFixture() as hub:
+        yield hub
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny Llama + BPE tokenizer with a chat template (built once per session, read-only use)."""
     from llm_finetune.demo import build_tiny_model

@@ -18,8 +18,10 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "initialize": ("llm_finetune.initializer.command",
                    "Put the pretrained model and the dataset on the volume (the storage initializer init container)."),
+    "launch": ("llm_finetune.trainer.launch",
+               "torchrun the trainer on this pod's processes and exit with the failed worker's own code."),
     "train": ("llm_finetune.trainer.command",
-              "Fine-tune the model (run under torchrun in the PyTorchJob's Master and Workers)."),
+              "Fine-tune the model (one process; launch runs it under torchrun)."),
     "validate": ("llm_finetune.validate.command",
                  "Check values files (schema + semantic rules) before they reach a cluster."),
     "run-local": ("llm_finetune.local.command",

@@ -337,6 +337,24 @@ def _check_choices(cfg: JobConfig) -> None:
         raise ConfigError("is empty", field="dataset.uri", hint="set hf://org/name, s3://bucket/prefix or a path on the volume")
 
 
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that also reads YAML 1.2 exponent floats such as ``2e-05``.
+
+    Helm writes a float like 2e-5 as ``2e-05`` (no dot), which PyYAML's YAML 1.1 rules read
+    as the *string* "2e-05" (a learning rate would silently become text).
+    """
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> JobConfig:
     """Read and validate the config file written by the chart."""
     import yaml
@@ -350,7 +368,7 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> JobConfig
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc.strerror}", field=str(p)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", field=str(p)) from None
     if not isinstance(data, dict):

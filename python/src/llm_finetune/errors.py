@@ -11,6 +11,8 @@ code  meaning
       wrong credentials, unsupported combination. Fix the input.
 2     command-line usage error (argparse)
 130   interrupted (SIGINT/SIGTERM); retried under ExitCode
+143   terminated (SIGTERM): the trainer saved a checkpoint and stopped;
+      retried under ExitCode, the next attempt resumes
 202   external error: a remote service kept failing after all retries
       (retried under ExitCode)
 203   internal error: a bug; the traceback is in the log
@@ -31,6 +33,7 @@ EXIT_OK = 0
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 EXIT_EXTERNAL_ERROR = 202
 EXIT_INTERNAL_ERROR = 203
 

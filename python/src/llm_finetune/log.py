@@ -73,7 +73,8 @@ def setup_logging(level: int | str | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # Quiet chatty libraries and their progress bars: pod logs are read with kubectl logs.
-    for name in ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore", "filelock", "fsspec"):
+    for name in ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore", "httpx2", "httpcore2",
+                 "filelock", "fsspec"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

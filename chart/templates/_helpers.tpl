@@ -1,0 +1,280 @@
+{{/*
+Names, labels, images and the job config shared by every template.
+Mount paths (/workspace, /output, /etc/llm-finetune) are part of the contract in
+ARCHITECTURE.md; the Python side reads them from config.yaml's paths, never hard-codes them.
+*/}}
+
+{{/* Chart name (63 characters at most). */}}
+{{- define "llm-finetune.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-scoped name prefix: release name + chart name (63 characters at most). */}}
+{{- define "llm-finetune.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-finetune.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The PyTorchJob name: fullname, or fullname-runId. The Training Operator names pods and
+services <job>-master-0 and <job>-worker-<i>; 52 characters keep those within 63 up to
+worker-999. The fullname is truncated, never the runId.
+*/}}
+{{- define "llm-finetune.jobName" -}}
+{{- $max := 52 }}
+{{- $full := include "llm-finetune.fullname" . }}
+{{- $id := toString .Values.runId }}
+{{- $name := $full | trunc $max | trimSuffix "-" }}
+{{- if $id }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $id) }}
+{{- fail (printf "runId: %q is not a DNS-1123 label; use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. --set runId=2)" $id) }}
+{{- end }}
+{{- if gt (len $id) 40 }}
+{{- fail (printf "runId: %q is %d characters; use at most 40 so that the job's pod names stay within 63" $id (len $id)) }}
+{{- end }}
+{{- $name = printf "%s-%s" ($full | trunc (int (sub $max (add1 (len $id)))) | trimSuffix "-") $id }}
+{{- end }}
+{{- if not (regexMatch "^[a-z]" $name) }}
+{{- fail (printf "job name %q must start with a letter (the Training Operator requires a DNS-1035 name); set fullnameOverride" $name) }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{/* Name of a hook resource: fullname truncated so that "<name>-<suffix>" fits 63 characters. */}}
+{{- define "llm-finetune.hookName" -}}
+{{- $full := include "llm-finetune.fullname" .root }}
+{{- printf "%s-%s" ($full | trunc (int (sub 62 (len .suffix))) | trimSuffix "-") .suffix }}
+{{- end }}
+
+{{- define "llm-finetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llm-finetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "llm-finetune.labels" -}}
+helm.sh/chart: {{ include "llm-finetune.chart" . }}
+{{ include "llm-finetune.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: llm-finetune
+{{- end }}
+
+{{/* Labels of a component: (dict "root" $ "component" "trainer" "extra" <map or nil>). The chart's labels win. */}}
+{{- define "llm-finetune.componentLabels" -}}
+{{- $labels := merge (dict "app.kubernetes.io/component" .component) (include "llm-finetune.labels" .root | fromYaml) (.extra | default dict) }}
+{{- toYaml $labels }}
+{{- end }}
+
+{{/* ServiceAccount of the job's pods; empty means the namespace default. */}}
+{{- define "llm-finetune.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "llm-finetune.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The claim at /workspace (shared mode) or /output (perPod mode); empty when there is none. */}}
+{{- define "llm-finetune.claimName" -}}
+{{- if or (eq .Values.storage.mode "shared") .Values.storage.perPod.outputToClaim }}
+{{- default (printf "%s-workspace" (include "llm-finetune.fullname" .)) .Values.storage.existingClaim }}
+{{- end }}
+{{- end }}
+
+{{/* Image reference: (dict "image" .Values.images.<name> "root" $). digest > tag > appVersion; global.imageRegistry wins. */}}
+{{- define "llm-finetune.image" -}}
+{{- $registry := default .image.registry .root.Values.global.imageRegistry }}
+{{- $ref := .image.repository }}
+{{- if $registry }}
+{{- $ref = printf "%s/%s" $registry $ref }}
+{{- end }}
+{{- if .image.digest }}
+{{- printf "%s@%s" $ref .image.digest }}
+{{- else }}
+{{- printf "%s:%s" $ref (toString (default .root.Chart.AppVersion .image.tag)) }}
+{{- end }}
+{{- end }}
+
+{{/* imagePullSecrets of every pod (global + release), names or {name: ...}. */}}
+{{- define "llm-finetune.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range (concat .Values.global.imagePullSecrets .Values.imagePullSecrets) }}
+{{- if kindIs "string" . }}
+{{- $names = append $names . }}
+{{- else }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- range ($names | uniq) }}
+- name: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The run folder: on the claim at /workspace (shared), or at /output on the Master
+(perPod + outputToClaim); perPod without the claim keeps it on the pod's volume.
+*/}}
+{{- define "llm-finetune.runPath" -}}
+{{- $root := "/workspace" }}
+{{- if and (eq .Values.storage.mode "perPod") .Values.storage.perPod.outputToClaim }}
+{{- $root = "/output" }}
+{{- end }}
+{{- printf "%s/runs/%s" $root (include "llm-finetune.jobName" .) }}
+{{- end }}
+
+{{/* config.yaml: the one contract both images read (llm_finetune.config.load_config). No secrets. */}}
+{{- define "llm-finetune.config" -}}
+{{- if and (eq .Values.storage.mode "perPod") (not .Values.storage.perPod.outputToClaim) (not .Values.output.export.uri) }}
+{{- fail "output.export.uri: storage.mode=perPod with storage.perPod.outputToClaim=false keeps no output; set output.export.uri (s3://... or hf://...) or storage.perPod.outputToClaim=true" }}
+{{- end }}
+{{- $paths := dict "workspace" "/workspace" "model" "/workspace/model" "dataset" "/workspace/dataset" "cache" "/workspace/cache" "run" (include "llm-finetune.runPath" .) }}
+{{- $config := dict
+  "apiVersion" "llm-finetune/v1"
+  "run" (dict "name" (include "llm-finetune.jobName" .) "id" (toString .Values.runId))
+  "paths" $paths
+  "storage" (dict "mode" .Values.storage.mode)
+  "model" .Values.model
+  "dataset" .Values.dataset
+  "data" .Values.data
+  "training" .Values.training
+  "output" .Values.output
+  "download" .Values.download }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* First 10 hex characters of the config's sha256: names the ConfigMap, annotates the pods. */}}
+{{- define "llm-finetune.configChecksum" -}}
+{{- include "llm-finetune.config" . | sha256sum | trunc 10 }}
+{{- end }}
+
+{{- define "llm-finetune.configMapName" -}}
+{{- printf "%s-config-%s" (include "llm-finetune.jobName" .) (include "llm-finetune.configChecksum" .) }}
+{{- end }}
+
+{{/*
+Env of every job container: (dict "root" $ "extra" <list of EnvVar>). Writable homes and
+caches under /tmp (read-only root filesystem), then secrets by reference only, then extra.
+*/}}
+{{- define "llm-finetune.env" -}}
+{{- $v := .root.Values -}}
+- name: HOME
+  value: /tmp
+- name: XDG_CACHE_HOME
+  value: /tmp/.cache
+- name: HF_HOME
+  value: /tmp/hf-home
+- name: TRITON_CACHE_DIR
+  value: /tmp/.triton
+- name: MPLCONFIGDIR
+  value: /tmp/.mpl
+- name: HF_HUB_DISABLE_PROGRESS_BARS
+  value: "1"
+- name: HF_HUB_DISABLE_TELEMETRY
+  value: "1"
+- name: PYTHONUNBUFFERED
+  value: "1"
+{{- if $v.secrets.hf.existingSecret }}
+{{ include "llm-finetune.secretEnv" (dict "name" "HF_TOKEN" "secret" $v.secrets.hf.existingSecret "key" $v.secrets.hf.tokenKey) }}
+{{- end }}
+{{- if $v.secrets.s3.existingSecret }}
+{{ include "llm-finetune.secretEnv" (dict "name" "AWS_ACCESS_KEY_ID" "secret" $v.secrets.s3.existingSecret "key" $v.secrets.s3.accessKeyIdKey) }}
+{{ include "llm-finetune.secretEnv" (dict "name" "AWS_SECRET_ACCESS_KEY" "secret" $v.secrets.s3.existingSecret "key" $v.secrets.s3.secretAccessKeyKey) }}
+{{- if $v.secrets.s3.sessionTokenKey }}
+{{ include "llm-finetune.secretEnv" (dict "name" "AWS_SESSION_TOKEN" "secret" $v.secrets.s3.existingSecret "key" $v.secrets.s3.sessionTokenKey) }}
+{{- end }}
+{{- end }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-finetune.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret | quote }}
+      key: {{ .key | quote }}
+{{- end }}
+
+{{/*
+Container resources with every quantity as a string (the API's and the SDK's type):
+{requests, limits}, or the v1 SDK's shorthand {cpu, memory, gpu} (gpu = nvidia.com/gpu,
+requests = limits, as kubeflow-training's utils.get_container_spec).
+*/}}
+{{- define "llm-finetune.resources" -}}
+{{- $out := dict }}
+{{- if or (hasKey . "requests") (hasKey . "limits") }}
+{{- range $kind, $list := . }}
+{{- $quantities := dict }}
+{{- range $name, $value := $list }}
+{{- $_ := set $quantities $name (toString $value) }}
+{{- end }}
+{{- $_ := set $out $kind $quantities }}
+{{- end }}
+{{- else if . }}
+{{- $quantities := dict }}
+{{- range $name, $value := . }}
+{{- $_ := set $quantities (eq $name "gpu" | ternary "nvidia.com/gpu" $name) (toString $value) }}
+{{- end }}
+{{- $out = dict "requests" $quantities "limits" $quantities }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* Volume mounts of every job container; the argument: whether /workspace is read-only. */}}
+{{- define "llm-finetune.commonMounts" -}}
+- name: workspace
+  mountPath: /workspace
+  {{- if . }}
+  readOnly: true
+  {{- end }}
+- name: config
+  mountPath: /etc/llm-finetune
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/*
+ServiceAccount, Role and RoleBinding of a hook's pod:
+(dict "root" $ "name" <name> "labels" <labels YAML> "annotations" <hook annotations> "rules" <list of PolicyRule>).
+The binding is weighted after the account and the role (hook weights order creation).
+*/}}
+{{- define "llm-finetune.hookRbac" -}}
+{{- $meta := dict "name" .name "namespace" .root.Release.Namespace "labels" (fromYaml .labels) "annotations" .annotations }}
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  {{- toYaml $meta | nindent 2 }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  {{- toYaml $meta | nindent 2 }}
+rules: {{- if .rules }}{{ toYaml .rules | nindent 2 }}{{ else }} []{{ end }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  {{- toYaml (merge (dict "annotations" (merge (dict "helm.sh/hook-weight" "-5") .annotations)) $meta) | nindent 2 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: {{ .name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ .name }}
+    namespace: {{ .root.Release.Namespace }}
+{{- end }}

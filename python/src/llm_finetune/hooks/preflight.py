@@ -1,0 +1,206 @@
+"""``llm-finetune preflight``: the chart's pre-install/pre-upgrade hook (initializer image).
+
+Before Helm creates anything, check what would make the PyTorchJob fail later, report
+every problem at once and exit 1 (the message also goes to the termination log, so
+``helm install`` shows it):
+
+1. the rendered config (``--config``, the hook's own ConfigMap): the strict config loader,
+   the chart's schema for each values section, and the validator's rules that apply to a
+   config (``llm_finetune.validate.validate_config``);
+2. the PyTorchJob API is served: ``GET /apis/kubeflow.org/v1`` lists ``pytorchjobs``
+   (discovery: allowed for every authenticated user, no cluster-wide RBAC);
+3. every referenced Secret exists and has its keys (values are never logged);
+4. ``storage.existingClaim`` exists, is Bound (or Pending on a WaitForFirstConsumer
+   storage class) and its access modes fit the storage mode and the number of pods.
+
+Contract with ``chart/templates/hooks/preflight.yaml`` (env of the hook Job: names only,
+never secret values):
+
+=====================  =================================================================
+``POD_NAMESPACE``      the release namespace (downward API)
+``PREFLIGHT_SECRETS``  ``secret:key,secret:key,...``: every Secret key the job's pods read
+                       through ``secretKeyRef`` (secrets.hf, secrets.s3); empty: none
+``PREFLIGHT_CLAIM``    ``storage.existingClaim``; empty when the chart creates the claim
+``PREFLIGHT_NUM_WORKERS``  ``job.numWorkers`` (pods of the PyTorchJob)
+=====================  =================================================================
+
+RBAC (the hook's Role): ``get`` on ``secrets`` limited by ``resourceNames`` to those
+Secrets, ``get`` on ``persistentvolumeclaims`` limited to the claim. Reading the claim's
+StorageClass (cluster-scoped) is optional: when forbidden, a Pending claim is a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+
+from ..config import DEFAULT_CONFIG_PATH
+from ..errors import UserError, guarded
+from ..validate.problems import ERROR, WARNING, Problem
+
+log = logging.getLogger("llm_finetune.preflight")
+
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+
+
+@dataclass
+class Request:
+    """What the hook Job's env asks to check (see the module docstring)."""
+
+    secrets: dict[str, list[str]] = field(default_factory=dict)  # secret name -> keys
+    claim: str = ""
+    num_workers: int = 1
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Request":
+        env = dict(os.environ if env is None else env)
+        secrets: dict[str, list[str]] = {}
+        for item in filter(None, (s.strip() for s in env.get("PREFLIGHT_SECRETS", "").split(","))):
+            name, sep, key = item.partition(":")
+            if not sep or not name or not key:
+                raise UserError(f"bad entry {item!r}", field="PREFLIGHT_SECRETS", hint="the chart sets secret:key,...; re-render the hook")
+            secrets.setdefault(name, [])
+            if key not in secrets[name]:
+                secrets[name].append(key)
+        raw = env.get("PREFLIGHT_NUM_WORKERS", "1") or "1"
+        if not raw.isdigit() or int(raw) < 1:
+            raise UserError(f"{raw!r} is not a positive integer", field="PREFLIGHT_NUM_WORKERS")
+        return cls(secrets, env.get("PREFLIGHT_CLAIM", "").strip(), int(raw))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG_PATH, help="the rendered job config (the hook's ConfigMap)")
+    parser.add_argument("--chart", default=None, help=argparse.SUPPRESS)  # schema location for tests; images ship it
+
+
+def check_config(path: str, request: Request, chart: str | None = None) -> tuple[list[Problem], str]:
+    """Validator problems of the rendered config, and its storage mode."""
+    from ..validate import validate_config
+    from ..validate.values import chart_dir, load_schema, load_yaml_file
+
+    config = load_yaml_file(path, what="config file")
+    problems = validate_config(config, load_schema(chart_dir(chart)), extra_values={"job": {"numWorkers": request.num_workers}})
+    storage = config.get("storage")
+    return problems, (storage.get("mode") if isinstance(storage, dict) else None) or "shared"
+
+
+def check_api(kube) -> list[Problem]:
+    from ..hooks.kube import Forbidden, NotFound
+
+    what = f"GET /apis/{GROUP}/{VERSION}"
+    hint = "install the Kubeflow Training Operator v1 (it serves the PyTorchJob CRD), or point the release at a cluster that has it"
+    try:
+        resources = kube.call(what, kube.client.CustomObjectsApi(kube.api).get_api_resources, GROUP, VERSION)
+    except NotFound:
+        return [Problem("", f"the API {GROUP}/{VERSION} is not served: no PyTorchJob CRD in this cluster", hint, ERROR, "cluster")]
+    except Forbidden:
+        return [Problem("", f"{what} is forbidden", "API discovery is normally allowed for all authenticated users (ClusterRole system:discovery); ask the cluster admin", ERROR, "cluster")]
+    names = {r.name for r in (resources.resources or [])}
+    if PLURAL not in names:
+        return [Problem("", f"{GROUP}/{VERSION} is served but has no {PLURAL} (it has: {', '.join(sorted(names)) or 'nothing'})", hint, ERROR, "cluster")]
+    log.info("PyTorchJob API %s/%s is served", GROUP, VERSION)
+    return []
+
+
+def check_secrets(kube, request: Request) -> list[Problem]:
+    from ..hooks.kube import Forbidden, NotFound
+
+    problems = []
+    core = kube.client.CoreV1Api(kube.api)
+    for name, keys in request.secrets.items():
+        try:
+            secret = kube.call(f"GET secret {name}", core.read_namespaced_secret, name, kube.namespace)
+        except NotFound:
+            problems.append(Problem("secrets", f"Secret {name!r} not found in namespace {kube.namespace!r}",
+                                    f"create it (kubectl -n {kube.namespace} create secret generic {name} --from-literal={keys[0]}=...) "
+                                    "or fix secrets.*.existingSecret", ERROR, "cluster"))
+            continue
+        except Forbidden:
+            problems.append(Problem("secrets", f"reading Secret {name!r} is forbidden",
+                                    f"the preflight Role must allow get on secrets with resourceNames [{name}] (the chart renders it; "
+                                    "was the hook Role changed or an admission policy added?)", ERROR, "cluster"))
+            continue
+        present = set(secret.data or {}) | set(secret.string_data or {})
+        del secret  # values are never logged or kept
+        for key in keys:
+            if key in present:
+                log.info("Secret %s has key %s", name, key)
+            else:
+                problems.append(Problem("secrets", f"Secret {name!r} has no key {key!r} (its keys: {', '.join(sorted(present)) or 'none'})",
+                                        f"add the key to the Secret or set the matching secrets.*.*Key value to one of its keys", ERROR, "cluster"))
+    return problems
+
+
+def check_claim(kube, request: Request, mode: str) -> list[Problem]:
+    from ..hooks.kube import Forbidden, NotFound
+    from ..validate.rules import shared_storage_problem
+
+    if not request.claim:
+        return []
+    name, ns = request.claim, kube.namespace
+    core = kube.client.CoreV1Api(kube.api)
+    try:
+        pvc = kube.call(f"GET persistentvolumeclaim {name}", core.read_namespaced_persistent_volume_claim, name, ns)
+    except NotFound:
+        return [Problem("storage.existingClaim", f"PersistentVolumeClaim {name!r} not found in namespace {ns!r}",
+                        "create the claim first, or leave storage.existingClaim empty so the chart creates one", ERROR, "cluster")]
+    except Forbidden:
+        return [Problem("storage.existingClaim", f"reading PersistentVolumeClaim {name!r} is forbidden",
+                        f"the preflight Role must allow get on persistentvolumeclaims with resourceNames [{name}]", ERROR, "cluster")]
+    problems: list[Problem] = []
+    phase = (pvc.status.phase if pvc.status else None) or "Pending"
+    modes = list((pvc.status.access_modes if pvc.status and pvc.status.access_modes else None) or pvc.spec.access_modes or [])
+    if phase == "Pending":
+        problems += _pending_claim(kube, name, pvc.spec.storage_class_name)
+    elif phase != "Bound":
+        problems.append(Problem("storage.existingClaim", f"PersistentVolumeClaim {name!r} is {phase}",
+                                f"its volume is gone or failed: kubectl -n {ns} describe pvc {name}", ERROR, "cluster"))
+    problem = shared_storage_problem(mode, request.num_workers, modes, "storage.existingClaim", claim=name)
+    if problem:
+        problems.append(problem)
+    if not problems:
+        log.info("claim %s is %s (%s)", name, phase, ", ".join(modes))
+    return problems
+
+
+def _pending_claim(kube, name: str, storage_class: str | None) -> list[Problem]:
+    from ..hooks.kube import Forbidden, NotFound
+
+    if not storage_class:
+        return [Problem("storage.existingClaim", f"PersistentVolumeClaim {name!r} is Pending and has no storage class",
+                        "bind it to a volume (or give it a storage class that provisions one)", ERROR, "cluster")]
+    storage = kube.client.StorageV1Api(kube.api)
+    try:
+        sc = kube.call(f"GET storageclass {storage_class}", storage.read_storage_class, storage_class)
+    except (Forbidden, NotFound) as exc:
+        why = "cannot read" if isinstance(exc, Forbidden) else "cannot find"
+        return [Problem("storage.existingClaim", f"PersistentVolumeClaim {name!r} is Pending; {why} StorageClass {storage_class!r} to tell whether it waits for its first pod",
+                        "fine with volumeBindingMode WaitForFirstConsumer; otherwise check kubectl describe pvc", WARNING, "cluster")]
+    if sc.volume_binding_mode == "WaitForFirstConsumer":
+        log.info("claim %s is Pending until its first pod (StorageClass %s: WaitForFirstConsumer)", name, storage_class)
+        return []
+    return [Problem("storage.existingClaim", f"PersistentVolumeClaim {name!r} is Pending and its StorageClass {storage_class!r} binds immediately: no volume could be provisioned",
+                    f"kubectl -n {kube.namespace} describe pvc {name}", ERROR, "cluster")]
+
+
+@guarded("preflight")
+def run(args: argparse.Namespace) -> int:
+    from .kube import Kube
+
+    request = Request.from_env()
+    problems, mode = check_config(args.config, request, args.chart)
+    kube = Kube()
+    problems += check_api(kube)
+    problems += check_secrets(kube, request)
+    problems += check_claim(kube, request, mode)
+    for p in problems:
+        (log.error if p.severity == ERROR else log.warning if p.severity == WARNING else log.info)(p.render())
+    errors = [p.render() for p in problems if p.severity == ERROR]
+    if errors:
+        raise UserError(f"{len(errors)} problem(s): " + "; ".join(errors),
+                        hint="fix them, then install/upgrade again (preflight.enabled=false skips this check)")
+    log.info("preflight passed: config, PyTorchJob API%s%s", ", secrets" if request.secrets else "",
+             f", claim {request.claim}" if request.claim else "")
+    return 0

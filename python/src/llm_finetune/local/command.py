@@ -1,0 +1,115 @@
+"""``llm-finetune run-local``: render the chart with the real ``helm template`` and run it here.
+
+    llm-finetune run-local -f values.yaml [-f more.yaml] [--set a.b=c] [--workdir DIR]
+
+1. the values are validated (schema + semantic rules); problems stop the run before
+   anything starts (exit 1);
+2. ``helm template`` renders the chart; the ConfigMap and the PyTorchJob are read back;
+3. every pod of the job runs as local processes (``plan.py``, ``runner.py``) with
+   ``/workspace``, ``/output``, ``/tmp`` and the config mount mapped to ``--workdir``;
+4. a summary says where the output, the loss curve and the before/after samples are.
+
+``--demo`` (what ``make run`` uses) builds the deterministic tiny model and dataset,
+serves them from a local SeaweedFS S3 server with credentials passed as the chart's
+Secret-backed env (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``), and points the
+values' S3 endpoints at it — so the initializer's real S3 provider does the download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from ..errors import guarded
+
+log = logging.getLogger("llm_finetune.local")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--values", action="append", default=[], metavar="FILE",
+                        help="Values file (repeatable; later files win, as with helm).")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
+                        help="Set a value (helm --set syntax; repeatable).")
+    parser.add_argument("--workdir", default=".run", help="Local folder standing in for volumes and pods (default .run).")
+    parser.add_argument("--chart", default=None, help="Chart folder (default: the repo's chart/).")
+    parser.add_argument("--helm", default=None, help="helm binary (default: $HELM_BIN or helm on PATH).")
+    parser.add_argument("--release", default="local", help="Release name (default local).")
+    parser.add_argument("--namespace", default="default", help="Namespace to render for.")
+    parser.add_argument("--dry-run", action="store_true", help="Print the planned processes as JSON and stop.")
+    parser.add_argument("--demo", action="store_true",
+                        help="Serve the built-in tiny model and dataset from a local S3 server (make run).")
+    parser.add_argument("--no-report", action="store_true", help="Skip the loss curve and before/after samples.")
+
+
+def _validate(values_files: list[str], set_values: list[str], chart: Path) -> None:
+    """Stop before anything starts when the values are wrong: every problem, then exit 1."""
+    from ..errors import UserError
+    from ..validate import validate_files
+    from ..validate.command import print_report
+
+    report = validate_files(values_files, [("typed", s) for s in set_values], chart)
+    if report.problems:
+        print_report(report, "text")
+    if not report.ok:
+        first = report.errors[0]
+        raise UserError(f"{len(report.errors)} problem(s) in the values, nothing was started; first: "
+                        f"{first.render()}")
+
+
+@guarded("run-local")
+def run(args: argparse.Namespace) -> int:
+    from .. import helm
+    from .plan import build_plan
+    from .runner import Runner
+    from .s3server import free_port
+
+    chart = helm.find_chart(args.chart)
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    local_env = dict(os.environ)
+    set_values = list(args.set_values)
+    server = None
+    try:
+        if args.demo:
+            from .demo import serve_demo
+
+            server, demo_sets, demo_env = serve_demo(workdir)
+            set_values = demo_sets + set_values
+            local_env.update(demo_env)
+        _validate(args.values, set_values, chart)
+        manifests = helm.load_manifests(helm.template(chart, values_files=args.values, set_values=set_values,
+                                                      release=args.release, namespace=args.namespace, helm=args.helm))
+        # A free port instead of the operator's 23456, so that local runs side by side do not clash.
+        plan = build_plan(manifests, workdir, local_env=local_env, master_port=free_port())
+        if args.dry_run:
+            print(json.dumps(plan_as_dict(plan), indent=2, sort_keys=True))
+            return 0
+        log.info("run-local: job %s, %d pod(s), workdir %s", plan.job_name, len(plan.pods), workdir)
+        Runner(plan).run()
+    finally:
+        if server is not None:
+            server.stop()
+    from .report import report
+
+    report(plan, make_samples=not args.no_report)
+    return 0
+
+
+def plan_as_dict(plan) -> dict:
+    """The plan without secret values (they come from the environment and are never printed)."""
+    from ..log import SECRET_ENV_VARS
+
+    return {
+        "job": plan.job_name,
+        "config": plan.config_file,
+        "pods": [{
+            "name": p.name, "replicaType": p.replica_type, "index": p.index,
+            "processes": [{
+                "container": s.container, "init": s.init, "argv": s.argv, "rendered": s.rendered_argv,
+                "env": {k: ("***" if k in SECRET_ENV_VARS else v) for k, v in sorted(s.env.items())},
+            } for s in p.processes],
+        } for p in plan.pods],
+    }

@@ -1,0 +1,244 @@
+"""Turn the rendered chart into local processes: the pods of the PyTorchJob, as the cluster would run them.
+
+Nothing here rebuilds a command by hand. For every pod of the rendered PyTorchJob
+(Master, then ``Worker`` replicas) the plan takes each init container and the
+``pytorch`` container as rendered (``command`` + ``args``, ``env``, ``volumeMounts``) and
+only does what Kubernetes and the Training Operator would do:
+
+* volumes → local folders: a claim is one folder shared by every pod, an ephemeral
+  volume or emptyDir one folder per pod, a ConfigMap a folder holding its data files;
+  each ``mountPath`` maps to its folder (argv, env values and, through
+  ``LLM_FINETUNE_PATH_MAP``, the job config's paths);
+* ``env``: literal values (path-mapped), ``secretKeyRef`` from the local environment
+  variable of the same name (never from a file), ``fieldRef`` for the namespace/pod name;
+* the Training Operator's injected env for the ``pytorch`` container
+  (``pkg/controller.v1/pytorch/envvar.go`` in kubeflow/training-operator v1.9):
+  ``MASTER_ADDR``/``MASTER_PORT``/``PET_MASTER_ADDR``/``PET_MASTER_PORT``,
+  ``WORLD_SIZE`` = replicas × nprocPerNode, ``RANK`` = ``PET_NODE_RANK`` = replica index
+  (Workers start at 1), ``PET_NPROC_PER_NODE``, ``PET_NNODES``, ``PYTHONUNBUFFERED``;
+  with ``MASTER_ADDR=127.0.0.1`` since every "pod" is on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import PATH_MAP_ENV
+from ..errors import TERMINATION_LOG_ENV, UserError
+
+# Local environment variables a pod-like process may inherit (besides what the pod declares).
+PASS_THROUGH_ENV = ("LANG", "LC_ALL", "HF_ENDPOINT", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
+                    "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+                    "LLM_FINETUNE_LOG_LEVEL")
+TRAINER_CONTAINER = "pytorch"
+
+
+@dataclass
+class ProcessSpec:
+    pod: str
+    container: str
+    init: bool
+    argv: list[str]
+    env: dict[str, str]
+    rendered_argv: list[str]  # the manifest's command + args, before path mapping
+    termination_log: str
+
+
+@dataclass
+class PodPlan:
+    name: str
+    replica_type: str
+    index: int
+    processes: list[ProcessSpec] = field(default_factory=list)
+
+
+@dataclass
+class JobPlan:
+    job_name: str
+    namespace: str
+    config_file: str  # local path of the mounted job config.yaml
+    pods: list[PodPlan]
+    workdir: str
+    mounts: dict[str, str]  # pod mount path -> local folder, of the Master's trainer container
+
+
+def find(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in manifests if m.get("kind") == kind]
+
+
+def _replica_types(job: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    order = sorted(specs, key=lambda t: (t != "Master", t))
+    return [(t, specs[t]) for t in order]
+
+
+def _total_replicas(job: dict[str, Any]) -> int:
+    return sum(int(s.get("replicas", 1)) for _, s in _replica_types(job))
+
+
+def _master_port(job: dict[str, Any]) -> int:
+    """The Master's pytorchjob-port (the operator's webhook defaults it to 23456)."""
+    for c in job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]:
+        if c.get("name") == TRAINER_CONTAINER:
+            for p in c.get("ports") or []:
+                if p.get("name") == "pytorchjob-port":
+                    return int(p["containerPort"])
+    return 23456
+
+
+def operator_env(job: dict[str, Any], replica_type: str, index: int, master_port: int) -> dict[str, str]:
+    """What the Training Operator v1 adds to each container of a PyTorchJob pod."""
+    nproc = str(job["spec"].get("nprocPerNode") or "1")
+    nproc_int = int(nproc) if nproc.isdigit() else 1
+    rank = index + 1 if replica_type == "Worker" else index
+    total = _total_replicas(job)
+    env = {"PYTHONUNBUFFERED": "0"}
+    if "Master" in job["spec"]["pytorchReplicaSpecs"]:
+        env.update({
+            "MASTER_PORT": str(master_port), "MASTER_ADDR": "127.0.0.1",
+            "PET_MASTER_PORT": str(master_port), "PET_MASTER_ADDR": "127.0.0.1",
+            "WORLD_SIZE": str(total * nproc_int), "RANK": str(rank),
+            "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(rank),
+        })
+    if job["spec"].get("elasticPolicy") is None:
+        env["PET_NNODES"] = str(total)
+    return env
+
+
+class _Volumes:
+    """Local folders standing in for the pod volumes."""
+
+    def __init__(self, workdir: Path, configmaps: dict[str, dict[str, Any]]):
+        self.workdir = workdir
+        self.configmaps = configmaps
+
+    def folder(self, pod: str, volume: dict[str, Any]) -> Path:
+        name = volume["name"]
+        if "persistentVolumeClaim" in volume:
+            return self.workdir / "claims" / volume["persistentVolumeClaim"]["claimName"]
+        if "configMap" in volume:
+            cm_name = volume["configMap"]["name"]
+            cm = self.configmaps.get(cm_name)
+            if cm is None:
+                raise UserError(f"pod {pod} mounts ConfigMap {cm_name!r}, which the chart did not render")
+            d = self.workdir / "configmaps" / cm_name
+            d.mkdir(parents=True, exist_ok=True)
+            for key, text in (cm.get("data") or {}).items():
+                (d / key).write_text(text, encoding="utf-8")
+            return d
+        if "ephemeral" in volume or "emptyDir" in volume:
+            return self.workdir / "pods" / pod / "volumes" / name
+        raise UserError(f"pod {pod}: volume {name!r} of an unsupported type for run-local",
+                        hint="run-local supports persistentVolumeClaim, ephemeral, emptyDir and configMap volumes")
+
+
+def _map_prefix(value: str, mounts: list[tuple[str, str]]) -> str:
+    for src, dst in mounts:
+        if value == src or value.startswith(src + "/"):
+            return dst + value[len(src):]
+    return value
+
+
+def _resolve_executable(name: str) -> str:
+    """Console scripts (llm-finetune, torchrun) from this interpreter's environment first, then PATH."""
+    if os.sep in name:
+        return name
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise UserError(f"command {name!r} rendered by the chart is not installed here",
+                        hint="install the python/ package with its extras (make venv)")
+    return found
+
+
+def _container_env(container: dict[str, Any], *, pod: str, namespace: str, mounts: list[tuple[str, str]],
+                   local_env: dict[str, str], missing_secrets: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in container.get("env") or []:
+        name = item["name"]
+        if "value" in item:
+            env[name] = _map_prefix(str(item["value"]), mounts)
+            continue
+        source = item.get("valueFrom") or {}
+        if "secretKeyRef" in source:
+            if name in local_env:
+                env[name] = local_env[name]
+            elif not source["secretKeyRef"].get("optional"):
+                ref = source["secretKeyRef"]
+                missing_secrets.append(f"{name} (Secret {ref.get('name')}/{ref.get('key')})")
+        elif "fieldRef" in source:
+            path = source["fieldRef"].get("fieldPath")
+            env[name] = {"metadata.namespace": namespace, "metadata.name": pod}.get(path, "")
+        elif "configMapKeyRef" in source or "resourceFieldRef" in source:
+            continue
+    return env
+
+
+def build_plan(manifests: list[dict[str, Any]], workdir: str | os.PathLike[str], *,
+               local_env: dict[str, str] | None = None, master_port: int | None = None) -> JobPlan:
+    """Plan the local processes for the rendered manifests (no side effects but folders)."""
+    local_env = dict(os.environ if local_env is None else local_env)
+    jobs = find(manifests, "PyTorchJob")
+    if len(jobs) != 1:
+        raise UserError(f"expected one PyTorchJob in the rendered chart, found {len(jobs)}")
+    job = jobs[0]
+    job_name = job["metadata"]["name"]
+    namespace = job["metadata"].get("namespace") or "default"
+    workdir = Path(workdir).resolve()
+    volumes = _Volumes(workdir, {c["metadata"]["name"]: c for c in find(manifests, "ConfigMap")})
+    port = master_port or _master_port(job)
+    missing: list[str] = []
+    pods: list[PodPlan] = []
+    config_file = ""
+    master_mounts: dict[str, str] = {}
+    venv_bin = str(Path(sys.executable).parent)
+
+    for replica_type, spec in _replica_types(job):
+        for index in range(int(spec.get("replicas", 1))):
+            pod_name = f"{job_name}-{replica_type.lower()}-{index}"
+            pod_spec = spec["template"]["spec"]
+            folders = {v["name"]: volumes.folder(pod_name, v) for v in pod_spec.get("volumes") or []}
+            pod = PodPlan(pod_name, replica_type, index)
+            containers = [(c, True) for c in pod_spec.get("initContainers") or []]
+            containers += [(c, False) for c in pod_spec.get("containers") or []]
+            for container, is_init in containers:
+                mounts = sorted(((m["mountPath"].rstrip("/"), str(folders[m["name"]]))
+                                 for m in container.get("volumeMounts") or []),
+                                key=lambda m: len(m[0]), reverse=True)
+                for _, folder in mounts:
+                    Path(folder).mkdir(parents=True, exist_ok=True)
+                rendered = list(container.get("command") or []) + list(container.get("args") or [])
+                if not rendered:
+                    raise UserError(f"{pod_name}/{container['name']}: no command rendered",
+                                    hint="run-local runs the chart's explicit container commands")
+                argv = [_map_prefix(a, mounts) for a in rendered]
+                argv[0] = _resolve_executable(argv[0])
+                env = {k: local_env[k] for k in PASS_THROUGH_ENV if k in local_env}
+                env["PATH"] = venv_bin + os.pathsep + local_env.get("PATH", "/usr/bin:/bin")
+                env.update(_container_env(container, pod=pod_name, namespace=namespace, mounts=mounts,
+                                          local_env=local_env, missing_secrets=missing))
+                if not is_init:
+                    env.update(operator_env(job, replica_type, index, port))
+                tmp = dict(mounts).get("/tmp")
+                if tmp:
+                    env["TMPDIR"] = tmp
+                term = workdir / "pods" / pod_name / f"termination-log.{container['name']}"
+                env[TERMINATION_LOG_ENV] = str(term)
+                env[PATH_MAP_ENV] = ",".join(f"{src}={dst}" for src, dst in mounts)
+                pod.processes.append(ProcessSpec(pod_name, container["name"], is_init, argv, env, rendered, str(term)))
+                if replica_type == "Master" and not is_init and container["name"] == TRAINER_CONTAINER:
+                    master_mounts = dict(mounts)
+                    if "--config" in argv[:-1]:
+                        config_file = argv[argv.index("--config") + 1]
+            pods.append(pod)
+    if missing:
+        raise UserError("secrets referenced by the chart are not in the local environment: " + ", ".join(sorted(set(missing))),
+                        hint="export those variables before run-local (secrets are never read from files)")
+    return JobPlan(job_name, namespace, config_file, pods, str(workdir), master_mounts)

@@ -1,0 +1,150 @@
+"""Execute a :class:`~llm_finetune.local.plan.JobPlan`: every pod at once, like the cluster.
+
+Each pod runs its init containers in order, then its ``pytorch`` container; pods run
+concurrently (Workers' init containers wait for the Master's downloads, torchrun's
+rendezvous joins the trainers). Output lines are prefixed with ``pod/container`` and kept
+in ``<workdir>/logs/``. The first process that fails stops every other one, and its own
+termination message and exit code become run-local's. Ctrl-C stops all processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EXIT_INTERRUPTED, FinetuneError
+from .plan import JobPlan, PodPlan, ProcessSpec
+
+log = logging.getLogger("llm_finetune.local")
+
+
+class StepFailed(FinetuneError):
+    """A pod's container failed: carries that container's exit code and message."""
+
+    def __init__(self, spec: ProcessSpec, code: int, message: str):
+        self.exit_code = code
+        self.spec = spec
+        super().__init__(message or f"exited with code {code}", field=f"{spec.pod}/{spec.container}")
+
+
+@dataclass
+class _Outcome:
+    spec: ProcessSpec
+    code: int
+
+
+class Runner:
+    def __init__(self, plan: JobPlan, *, stream=None):
+        self.plan = plan
+        self.stream = stream or sys.stdout
+        self.lock = threading.Lock()
+        self.procs: list[subprocess.Popen] = []
+        self.failure: _Outcome | None = None
+        self.stopping = threading.Event()
+        self.logs = Path(plan.workdir) / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    # -- process control --------------------------------------------------
+    def _start(self, spec: ProcessSpec) -> subprocess.Popen | None:
+        with self.lock:
+            if self.stopping.is_set():
+                return None
+            Path(spec.termination_log).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.unlink(spec.termination_log)
+            except FileNotFoundError:
+                pass
+            proc = subprocess.Popen(spec.argv, env=spec.env, cwd=self.plan.workdir, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.procs.append(proc)
+            return proc
+
+    def stop_all(self, sig: int = signal.SIGTERM, grace: float = 20.0) -> None:
+        self.stopping.set()
+        with self.lock:
+            procs = [p for p in self.procs if p.poll() is None]
+        for p in procs:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+
+    def _pump(self, spec: ProcessSpec, proc: subprocess.Popen) -> None:
+        prefix = f"[{spec.pod.rsplit('-', 2)[-2]}-{spec.pod.rsplit('-', 1)[-1]}/{spec.container}] "
+        with open(self.logs / f"{spec.pod}.{spec.container}.log", "ab") as fh:
+            assert proc.stdout is not None
+            for raw in iter(proc.stdout.readline, b""):
+                fh.write(raw)
+                fh.flush()
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                with self.lock:
+                    print(prefix + line, file=self.stream, flush=True)
+
+    # -- pods ---------------------------------------------------------------
+    def _run_pod(self, pod: PodPlan) -> None:
+        for spec in pod.processes:
+            proc = self._start(spec)
+            if proc is None:
+                return
+            self._pump(spec, proc)
+            code = proc.wait()
+            if code != 0:
+                with self.lock:
+                    if self.failure is None and not self.stopping.is_set():
+                        self.failure = _Outcome(spec, code)
+                threading.Thread(target=self.stop_all, daemon=True).start()
+                return
+            if self.stopping.is_set():
+                return
+
+    def run(self) -> None:
+        """Run every pod; raise :class:`StepFailed` with the failing step's message and code."""
+        threads = [threading.Thread(target=self._run_pod, args=(p,), name=p.name, daemon=True) for p in self.plan.pods]
+        previous = signal.getsignal(signal.SIGINT)
+        interrupted = threading.Event()
+
+        def on_sigint(signum, frame):  # noqa: ARG001
+            interrupted.set()
+            threading.Thread(target=self.stop_all, kwargs={"sig": signal.SIGINT}, daemon=True).start()
+
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            signal.signal(signal.SIGINT, on_sigint)
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+            self.stop_all(grace=5.0)
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        if self.failure:
+            spec, code = self.failure.spec, self.failure.code
+            try:
+                message = Path(spec.termination_log).read_text(encoding="utf-8").strip()
+            except OSError:
+                message = ""
+            if code < 0:  # killed by a signal
+                code = 128 - code
+            raise StepFailed(spec, code or EXIT_INTERRUPTED, message)

@@ -1,0 +1,108 @@
+"""TrainingArguments (TRL ``SFTConfig`` for causal LM) from ``training.args`` over our defaults.
+
+``training.args`` keys are TrainingArguments/SFTConfig fields, passed verbatim (``null``
+drops a default: the library's own applies). The trainer decides:
+
+* paths: ``output_dir`` (rank 0: ``<paths.run>/checkpoints``; other ranks: node-local
+  scratch) and the TensorBoard folder (``<paths.run>/logs``) — setting ``output_dir`` or
+  ``logging_dir`` is an error;
+* pod logs: ``disable_tqdm`` is always true (our progress lines replace the bars);
+* CPU: ``use_cpu`` when no CUDA device is visible (else each torchrun rank trains alone);
+* data fields of SFTConfig come from the ``data`` section (``max_length`` = maxSeqLength,
+  ``packing``, completion/assistant-only loss, ``dataset_text_field``);
+* ``save_total_limit`` is applied by our checkpoint rotation (after the completeness marker).
+
+Defaults (overridable): ``report_to: [tensorboard]``, ``logging_first_step``,
+``include_num_input_tokens_seen: non_padding`` (tokens/s), ``ddp_find_unused_parameters:
+false``, ``bf16`` on GPUs that support it, activation (gradient) checkpointing for causal LM on GPU only, and with
+evaluation data ``eval_strategy``/``eval_steps`` following the save settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from ..config import JobConfig
+from ..errors import ConfigError
+
+CHART_MANAGED = {
+    "output_dir": "checkpoints go to <paths.run>/checkpoints and the result to <paths.run>/output",
+    "logging_dir": "TensorBoard logs go to <paths.run>/logs (and output/logs)",
+    "overwrite_output_dir": "the chart manages the run folder; use training.resume",
+    "resume_from_checkpoint": "use training.resume (auto, never or a checkpoint path)",
+    "push_to_hub": "use output.export.uri (hf://org/name)",
+    "trust_remote_code": "use model.trustRemoteCode",
+    "model_init_kwargs": "use the model section (torchDtype, attnImplementation, trustRemoteCode)",
+}
+FROM_DATA = {
+    "max_length": "data.maxSeqLength", "max_seq_length": "data.maxSeqLength", "packing": "data.packing",
+    "completion_only_loss": "data.completionOnlyLoss", "assistant_only_loss": "data.completionOnlyLoss",
+    "dataset_text_field": "data.textColumn",
+}
+
+
+def user_args(cfg: JobConfig, cls: type) -> dict[str, Any]:
+    """``training.args`` checked against ``cls``'s fields (None values dropped)."""
+    values = {k: v for k, v in cfg.training.args.items() if v is not None}
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in values:
+        field = f"training.args.{key}"
+        if key in CHART_MANAGED:
+            paths = " (paths are chart-managed)" if key in ("output_dir", "logging_dir") else ""
+            raise ConfigError(f"is set by the chart{paths}", field=field, hint=CHART_MANAGED[key])
+        if key in FROM_DATA:
+            raise ConfigError("comes from the data section", field=field, hint=f"set {FROM_DATA[key]} instead")
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ConfigError(f"is not a {cls.__name__} field", field=field,
+                              hint=f"did you mean {close[0]!r}?" if close else "see transformers' TrainingArguments")
+    return values
+
+
+def build_args(cfg: JobConfig, *, output_dir: str, causal_lm: bool, has_eval: bool, cuda: bool, bf16_ok: bool):
+    """The TrainingArguments/SFTConfig object (this also sets up torch.distributed under torchrun)."""
+    if causal_lm:
+        from trl import SFTConfig as cls
+    else:
+        from transformers import TrainingArguments as cls
+
+    values = user_args(cfg, cls)
+    defaults: dict[str, Any] = {
+        "report_to": ["tensorboard"],
+        "logging_first_step": True,
+        "include_num_input_tokens_seen": "non_padding",
+        "ddp_find_unused_parameters": False,
+        "bf16": bool(cuda and bf16_ok),
+    }
+    if "gradient_checkpointing" not in values and "activation_checkpointing" not in values:
+        # TRL turns it on for SFT (memory for speed); on CPU (tests, demos) speed matters more.
+        defaults["activation_checkpointing"] = bool(cuda and causal_lm)
+    if not cuda:
+        defaults["dataloader_pin_memory"] = False
+    if has_eval and "eval_strategy" not in values:
+        defaults["eval_strategy"] = values.get("save_strategy", "steps")
+        if "save_steps" in values:
+            defaults["eval_steps"] = values["save_steps"]
+    dropped = {k for k, v in cfg.training.args.items() if v is None}
+    merged = {**{k: v for k, v in defaults.items() if k not in dropped}, **values}
+    save_total_limit = merged.pop("save_total_limit", None)
+    merged.update(output_dir=output_dir, disable_tqdm=True, save_total_limit=None)
+    if not cuda:
+        merged["use_cpu"] = True
+    if causal_lm:
+        packing = cfg.data.packing if cfg.data.packing is not None else True
+        merged.update(max_length=cfg.data.max_seq_length, packing=packing, dataset_text_field="text")
+    try:
+        args = cls(**merged)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid training arguments: {exc}", field="training.args") from None
+    return args, save_total_limit
+
+
+def set_data_fields(args, *, completion_only_loss: bool | None, assistant_only_loss: bool, skip_prepare: bool) -> None:
+    """SFTConfig fields that depend on the dataset (known after loading it)."""
+    args.completion_only_loss = completion_only_loss
+    args.assistant_only_loss = assistant_only_loss
+    args.dataset_kwargs = {"skip_prepare_dataset": True} if skip_prepare else None

@@ -1,0 +1,211 @@
+"""Checkpoints on the volume: completeness markers, resume, rotation and SIGTERM.
+
+* transformers writes ``<paths.run>/checkpoints/checkpoint-N``; once rank 0 has written it,
+  our ``on_save`` hook adds ``.llm-finetune-complete.json`` (step + every file's size),
+  written last and atomically. A folder without it (killed while saving) or whose files no
+  longer match it (damaged) is *incomplete*: resume skips it with a warning.
+* ``training.resume``: ``auto`` = the newest complete checkpoint of this run (none: start
+  fresh); ``never`` = start fresh (old checkpoints of this run are removed); anything else is
+  a checkpoint path (pod path; it must hold ``trainer_state.json``).
+* Rotation (``save_total_limit``) is ours, after the marker: transformers' own rotation runs
+  before our marker exists and could delete the last complete checkpoint.
+* SIGTERM (pod deleted/preempted): the next optimizer step saves a checkpoint and training
+  stops; the command exits 143 (retried under ``restartPolicy: ExitCode``) and the next
+  attempt resumes from it. Every rank agrees on the stop at each step (one tiny all-reduce).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import EXIT_TERMINATED, ConfigError, FinetuneError
+from ..initializer.base import walk_files
+from ..volume import atomic_write_json
+
+log = logging.getLogger("llm_finetune.trainer")
+
+MARKER = ".llm-finetune-complete.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class Terminated(FinetuneError):
+    """SIGTERM: stopped (after a checkpoint when training had started). Exit 143, retried."""
+
+    exit_code = EXIT_TERMINATED
+
+
+def step_of(path: str | os.PathLike[str]) -> int | None:
+    m = _CHECKPOINT.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(checkpoints_dir: str | os.PathLike[str]) -> list[Path]:
+    """``checkpoint-N`` folders, newest (highest N) first."""
+    d = Path(checkpoints_dir)
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if p.is_dir() and step_of(p) is not None]
+    return sorted(found, key=lambda p: step_of(p) or 0, reverse=True)
+
+
+def checkpoint_files(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    p = Path(path)
+    return [{"path": f, "size": (p / f).stat().st_size} for f in walk_files(p)]
+
+
+def mark_complete(path: str | os.PathLike[str], step: int) -> None:
+    """Write the completeness marker of a fully written checkpoint (rank 0)."""
+    atomic_write_json(Path(path) / MARKER, {"step": step, "files": checkpoint_files(path),
+                                            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    try:
+        data = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
+
+
+def incomplete_reason(path: str | os.PathLike[str], files: list[dict[str, Any]] | None = None) -> str | None:
+    """Why the checkpoint at ``path`` cannot be resumed from, or None when it is complete.
+
+    ``files`` (rank 0's list) overrides the marker's list: a rank checks it sees the same files.
+    """
+    p = Path(path)
+    if files is None:
+        marker = read_marker(p)
+        if marker is None:
+            return "no completeness marker (it was being written when the run stopped)"
+        files = marker["files"]
+    for entry in files:
+        f = p / entry["path"]
+        try:
+            size = f.stat().st_size
+        except OSError:
+            return f"{entry['path']} is missing"
+        if size != int(entry["size"]):
+            return f"{entry['path']} has {size} bytes, expected {entry['size']}"
+    try:
+        json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "trainer_state.json is missing or damaged"
+    return None
+
+
+def latest_complete(checkpoints_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint; newer incomplete ones are skipped with a warning."""
+    for ckpt in list_checkpoints(checkpoints_dir):
+        reason = incomplete_reason(ckpt)
+        if reason is None:
+            return ckpt
+        log.warning("skipping checkpoint %s: %s", ckpt, reason)
+    return None
+
+
+def resolve_resume(setting: str, checkpoints_dir: str) -> Path | None:
+    """The checkpoint to resume from (rank 0), per ``training.resume``; tidies the checkpoints dir."""
+    from ..config import map_path
+
+    if setting == "never":
+        old = list_checkpoints(checkpoints_dir)
+        if old:
+            log.warning("training.resume is never: removing %d checkpoint(s) of an earlier attempt in %s",
+                        len(old), checkpoints_dir)
+            for p in old:
+                shutil.rmtree(p, ignore_errors=True)
+        return None
+    if setting == "auto":
+        found = latest_complete(checkpoints_dir)
+    else:
+        found = Path(map_path(setting))
+        if not (found / "trainer_state.json").is_file():
+            raise ConfigError(f"{setting} is not a checkpoint (no trainer_state.json there)", field="training.resume",
+                              hint="use auto, never, or the path of a checkpoint-N folder")
+        if read_marker(found) is None:
+            log.warning("resuming from %s, which has no completeness marker (not written by this trainer)", found)
+        elif (reason := incomplete_reason(found)) is not None:
+            raise ConfigError(f"checkpoint {setting} is incomplete: {reason}", field="training.resume",
+                              hint="pick an earlier checkpoint, or set auto")
+    # Incomplete checkpoints newer than the resume point would be overwritten in place: remove them.
+    start = step_of(found) if found is not None and step_of(found) is not None else -1
+    for ckpt in list_checkpoints(checkpoints_dir):
+        if (step_of(ckpt) or 0) > start and Path(ckpt) != found and incomplete_reason(ckpt) is not None:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return found
+
+
+def rotate(checkpoints_dir: str | os.PathLike[str], limit: int | None, keep: str | None = None) -> None:
+    """Keep the ``limit`` newest complete checkpoints (and ``keep``, the best one); delete older ones."""
+    if not limit or limit <= 0:
+        return
+    complete = [p for p in list_checkpoints(checkpoints_dir) if read_marker(p) is not None]
+    newest = complete[:limit]
+    for p in complete[limit:]:
+        if keep and os.path.abspath(p) == os.path.abspath(keep):
+            continue
+        if p not in newest:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+class StopFlag:
+    """Set by SIGTERM. Before training starts it stops the command at once (nothing to save)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.in_training = False
+        self.stopped_at: int | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        if self.requested:
+            return
+        self.requested = True
+        if not self.in_training:
+            raise Terminated("received SIGTERM before training started; nothing to save",
+                             hint="the pod is retried and starts again")
+        log.warning("received SIGTERM: saving a checkpoint at the end of this step, then stopping")
+
+
+def make_callback(stop: StopFlag, save_total_limit: int | None):
+    """The TrainerCallback that marks checkpoints complete, rotates them and handles SIGTERM."""
+    from transformers import TrainerCallback
+
+    class CheckpointCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            requested = stop.requested
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                import torch
+
+                flag = torch.tensor([1 if requested else 0], device=args.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                requested = bool(flag.item())
+            if requested:
+                stop.requested = True
+                stop.stopped_at = state.global_step
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+                if os.path.isdir(path):
+                    mark_complete(path, state.global_step)
+                    rotate(args.output_dir, save_total_limit, state.best_model_checkpoint)
+                    log.info("checkpoint %s saved", path)
+            return control
+
+    return CheckpointCallback()

@@ -1,0 +1,44 @@
+"""``llm-finetune train``: the trainer container's command.
+
+The chart runs ``torchrun -m llm_finetune train --config /etc/llm-finetune/config.yaml``
+(torchrun reads the ``PET_*`` variables the Training Operator sets); ``python -m
+llm_finetune train --config ...`` runs it as a single process. Exit codes: 0 done, 1 bad
+input (config, data, model, credentials), 143 stopped by SIGTERM after a checkpoint (the
+next attempt resumes), 202 a remote service kept failing (export), 203 a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import DEFAULT_CONFIG_PATH
+from ..errors import guarded
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG_PATH,
+                        help=f"job config written by the chart (default: {DEFAULT_CONFIG_PATH})")
+
+
+@guarded("trainer")
+def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from .checkpoints import StopFlag
+
+    stop = StopFlag()
+    stop.install()
+    cfg = load_config(args.config)
+    from .run import train
+
+    try:
+        return train(cfg, stop)
+    finally:
+        _teardown()
+
+
+def _teardown() -> None:
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,170 @@
+"""Ranks, node-local scratch, writability, and moving a checkpoint to ranks that cannot see it.
+
+* torchrun sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``/``LOCAL_WORLD_SIZE``/``GROUP_RANK`` (node
+  rank); a plain ``python -m llm_finetune train`` is rank 0 of 1.
+* Only global rank 0 writes to the shared volume. Everything another rank must write goes
+  to node-local scratch: ``$TMPDIR/llm-finetune/<run name>/`` (the pod's ``/tmp`` emptyDir).
+* Writability is probed at run time (create + delete a file), never assumed from env flags.
+* :func:`sync_checkpoint`: in perPod mode Workers cannot see the Master's claim, so rank 0
+  streams the checkpoint's files over a gloo group to one rank per node that lacks them,
+  which writes them to node-local scratch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("llm_finetune.trainer")
+
+CHUNK_BYTES = 64 << 20  # broadcast files in 64 MiB pieces
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    node_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Ranks":
+        env = os.environ
+        return cls(int(env.get("RANK", 0) or 0), int(env.get("LOCAL_RANK", 0) or 0),
+                   int(env.get("WORLD_SIZE", 1) or 1), int(env.get("GROUP_RANK", env.get("PET_NODE_RANK", 0)) or 0))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_local_main(self) -> bool:
+        return self.local_rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def scratch_root(run_name: str) -> Path:
+    """Node-local scratch of this run (the pod's /tmp)."""
+    return Path(tempfile.gettempdir()) / "llm-finetune" / run_name
+
+
+def writable_dir(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` exists (or can be created) and a file can be written in it."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".llm-finetune-probe-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
+
+
+def _initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (a collective when distributed)."""
+    if not _initialized():
+        return flag
+    import torch.distributed as dist
+
+    flags: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, bool(flag))
+    return all(flags)
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not _initialized():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if _initialized():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def sync_checkpoint(ranks: Ranks, path: str | None, files: list[dict[str, Any]] | None,
+                    locate: Callable[[str], str], visible: Callable[[str, list[dict[str, Any]]], bool],
+                    scratch: Path) -> str | None:
+    """Return, on every rank, a local path holding rank 0's checkpoint ``path``.
+
+    Rank 0 passes the checkpoint it resumes from (``path``, None for a fresh start) and its
+    file list (``[{path, size}]``). Each rank finds its own view of it (``locate(path)``: the
+    same pod path through its own mounts) and checks it (``visible(local, files)``: shared
+    mode). When a node does not see it, rank 0 streams the files over a gloo process group
+    and that node's local rank 0 writes them into ``scratch``.
+    """
+    path, files = broadcast((path, files))
+    if path is None or not ranks.distributed:
+        return path
+    local = locate(path)
+    sees = visible(local, files)
+    if all_true(sees):
+        return local
+    import torch
+    import torch.distributed as dist
+
+    target = scratch / "resume" / Path(path).name
+    # One writer per node that lacks the checkpoint: its lowest local rank.
+    writer = not sees and ranks.is_local_main
+    if writer:
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+    group = dist.new_group(backend="gloo")
+    total = 0
+    for entry in files:
+        size = int(entry["size"])
+        dst = None
+        if writer:
+            dst = target / entry["path"]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        src = open(Path(path) / entry["path"], "rb") if ranks.is_main else None
+        out = open(dst, "wb") if dst is not None else None
+        try:
+            done = 0
+            while done < size:
+                n = min(CHUNK_BYTES, size - done)
+                if ranks.is_main:
+                    buf = torch.frombuffer(bytearray(src.read(n)), dtype=torch.uint8)
+                else:
+                    buf = torch.empty(n, dtype=torch.uint8)
+                dist.broadcast(buf, src=0, group=group)
+                if out is not None:
+                    out.write(buf.numpy().tobytes())
+                done += n
+        finally:
+            for fh in (src, out):
+                if fh is not None:
+                    fh.close()
+        total += size
+    dist.barrier(group=group)
+    dist.destroy_process_group(group)
+    if ranks.is_main:
+        log.info("sent checkpoint %s (%d files, %d bytes) to the ranks that cannot see it", path, len(files), total)
+    if sees:
+        return local
+    if writer:
+        log.warning("received checkpoint %s from rank 0 (%d files, %d bytes) into node-local %s",
+                    Path(path).name, len(files), total, target)
+    return str(target)

@@ -1,0 +1,95 @@
+"""Export the output folder (``output.export.uri``), rank 0, after it is complete on the volume.
+
+* ``s3://bucket/prefix``: every file under ``prefix/`` (multipart for large ones), then
+  ``manifest.json`` last, so a reader that sees the manifest sees a complete export.
+  Credentials from env / workload identity (``llm_finetune.s3client``).
+* ``hf://org/name``: ``create_repo(private=output.export.private, exist_ok=True)`` then
+  ``upload_folder`` (one commit); the token is ``HF_TOKEN``.
+
+Transient errors are retried (``download.retries``, backoff ``download.retryBackoffSeconds``);
+then exit 202. Denied access, a missing bucket or no token is a user error (exit 1). An
+export failure always fails the command.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..config import JobConfig
+from ..errors import ConfigError, UserError
+from ..initializer.base import walk_files
+from ..initializer.retry import RetryPolicy, describe
+
+log = logging.getLogger("llm_finetune.trainer")
+FIELD = "output.export"
+
+
+def export(cfg: JobConfig, folder: Path) -> str | None:
+    uri = cfg.output.export.uri
+    if not uri:
+        return None
+    policy = RetryPolicy(retries=cfg.download.retries, backoff=cfg.download.retry_backoff_seconds, field=f"{FIELD}.uri")
+    if uri.startswith("s3://"):
+        _to_s3(cfg, folder, uri, policy)
+    elif uri.startswith("hf://"):
+        _to_hub(cfg, folder, uri, policy)
+    else:
+        raise ConfigError(f"{uri!r} is neither s3:// nor hf://", field=f"{FIELD}.uri",
+                          hint="write s3://bucket/prefix or hf://org/name")
+    log.info("exported %s to %s", folder, uri)
+    return uri
+
+
+def _to_s3(cfg: JobConfig, folder: Path, uri: str, policy: RetryPolicy) -> None:
+    from ..s3client import classify_error, make_client, parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(uri, f"{FIELD}.uri")
+    prefix = prefix.strip("/")
+    client = make_client(cfg.output.export.s3, retries=0)
+    names = walk_files(folder)
+    ordered = [n for n in names if n != "manifest.json"] + [n for n in names if n == "manifest.json"]
+
+    def classify(exc: BaseException):
+        # boto3's upload_file re-raises a ClientError as S3UploadFailedError (the original as context).
+        if type(exc).__name__ == "S3UploadFailedError" and exc.__context__ is not None:
+            exc = exc.__context__
+        return classify_error(exc, uri=uri, field=FIELD)
+
+    for name in ordered:
+        key = f"{prefix}/{name}" if prefix else name
+        policy.call(lambda: client.upload_file(str(folder / name), bucket, key), what=f"PUT s3://{bucket}/{key}",
+                    classify=classify)
+    log.info("uploaded %d files to %s", len(ordered), uri)
+
+
+def _to_hub(cfg: JobConfig, folder: Path, uri: str, policy: RetryPolicy) -> None:
+    from huggingface_hub import create_repo, upload_folder
+    from huggingface_hub import errors as he
+
+    from ..initializer.hf import parse_hf_uri
+
+    repo_id = parse_hf_uri(uri, f"{FIELD}.uri")
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise UserError(f"exporting to {uri} needs a Hub token and HF_TOKEN is not set", field=f"{FIELD}.uri",
+                        hint="set secrets.hf.existingSecret to a Secret holding a token with write access")
+
+    def classify(exc: BaseException):
+        if isinstance(exc, he.HfHubHTTPError):
+            status = int(getattr(getattr(exc, "response", None), "status_code", 0) or 0)
+            if status == 429 or status >= 500:
+                return None
+            return UserError(f"the Hub refused the export to {uri} ({status}): {describe(exc)}", field=f"{FIELD}.uri",
+                             hint="check the token's write access and the repo name")
+        if isinstance(exc, (ConnectionError, TimeoutError)) or any(
+                c.__name__ == "TransportError" for c in type(exc).__mro__):
+            return None
+        return exc
+
+    policy.call(lambda: create_repo(repo_id, private=cfg.output.export.private, exist_ok=True, token=token),
+                what=f"create repo {uri}", classify=classify)
+    policy.call(lambda: upload_folder(repo_id=repo_id, folder_path=str(folder), token=token,
+                                      commit_message=f"llm-finetune: {cfg.run.name}"),
+                what=f"upload to {uri}", classify=classify)

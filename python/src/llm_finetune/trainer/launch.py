@@ -1,0 +1,78 @@
+"""``llm-finetune launch``: torchrun for the trainer, with the failed worker's exit code.
+
+The trainer container runs ``llm-finetune launch --config /etc/llm-finetune/config.yaml``:
+torchrun's own launcher (``torch.distributed.run``) in this process, starting
+``python -m llm_finetune train --config ...`` on ``nprocPerNode`` local processes. Its
+options come from the ``PET_*`` variables the Training Operator sets (``PET_NNODES``,
+``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``), as
+plain ``torchrun`` reads them.
+
+Why not plain ``torchrun``: it exits 1 whenever a worker fails, so under
+``restartPolicy: ExitCode`` the trainer's retryable codes (143: stopped by SIGTERM after a
+checkpoint, 202: a remote service kept failing) would become permanent failures. Here the
+pod exits with the first failed worker's own code (128+N when a signal N killed it), and
+with 128+N when the pod itself gets signal N. The worker's termination message is kept:
+the launcher writes none of its own for a worker failure.
+
+``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` (set by the chart from
+``job.terminationGracePeriodSeconds``) is how long workers get to save a checkpoint after
+SIGTERM before torchrun kills them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..config import DEFAULT_CONFIG_PATH
+from ..errors import EXIT_EXTERNAL_ERROR, EXIT_INTERNAL_ERROR, write_termination_message
+
+log = logging.getLogger("llm_finetune.launch")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG_PATH,
+                        help=f"job config written by the chart (default: {DEFAULT_CONFIG_PATH})")
+
+
+def worker_argv(config: str) -> list[str]:
+    """torchrun's arguments: every launcher option from PET_* env, then the trainer module."""
+    return ["-m", "llm_finetune", "train", "--config", config]
+
+
+def exit_code_of_failure(exitcode: int) -> int:
+    """A worker's exit code as a shell reports it: negative (killed by signal N) -> 128+N."""
+    if exitcode < 0:
+        return 128 + (-exitcode)
+    return exitcode if 0 < exitcode < 256 else EXIT_INTERNAL_ERROR
+
+
+def run(args: argparse.Namespace) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    targs = parse_args(worker_argv(args.config))
+    try:
+        torchrun(targs)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = exit_code_of_failure(failure.exitcode)
+        log.error("launch: worker rank %s failed with exit code %s; the pod exits %s", rank, failure.exitcode, code)
+        return code
+    except SignalException as exc:
+        code = 128 + int(exc.sigval)
+        log.warning("launch: got signal %s; workers were asked to checkpoint and stop; exiting %s", exc.sigval, code)
+        return code
+    except RendezvousError as exc:  # the other pods did not show up in time: retryable
+        msg = f"launch: the pods of the job could not meet (rendezvous): {exc}"
+        log.error(msg)
+        write_termination_message(msg)
+        return EXIT_EXTERNAL_ERROR
+    except Exception as exc:  # noqa: BLE001 - rendezvous/launcher failures: no worker wrote a message
+        log.exception("launch: torchrun failed")
+        write_termination_message(f"launch: torchrun failed: {type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL_ERROR
+    return 0

@@ -1,0 +1,158 @@
+"""Model, tokenizer and PEFT settings from the job config.
+
+* The model is read from ``cfg.model_dir`` (local files only); ``trust_remote_code`` only
+  from ``model.trustRemoteCode``.
+* ``training.method``: ``lora`` / ``dora`` (a peft ``LoraConfig`` from ``training.lora``,
+  every LoraConfig field passable, ``use_dora`` set by the method), ``qlora`` (4/8-bit
+  bitsandbytes base + LoRA; CUDA only), ``full`` (every weight trained).
+* The pad token is set when the tokenizer has none (EOS, else UNK, else a new ``<pad>``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+from typing import Any
+
+from ..config import CAUSAL_LM, SEQUENCE_CLASSIFICATION, JobConfig
+from ..errors import ConfigError, UserError
+from ..initializer.retry import describe
+
+log = logging.getLogger("llm_finetune.trainer")
+
+SUPPORTED_TYPES = (CAUSAL_LM, SEQUENCE_CLASSIFICATION)
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_config(cfg: JobConfig) -> None:
+    """Checks that need no model: fail in seconds, before anything heavy is loaded."""
+    if cfg.model.transformer_type not in SUPPORTED_TYPES:
+        raise ConfigError(f"{cfg.model.transformer_type} is accepted for v1 compatibility but this trainer does not train it",
+                          field="model.transformerType", hint=f"use one of {', '.join(SUPPORTED_TYPES)}")
+    method = cfg.training.method
+    if method == "qlora" and not cuda_available():
+        raise ConfigError("qlora needs a CUDA GPU (bitsandbytes 4/8-bit kernels); none is visible", field="training.method",
+                          hint="request GPUs in job.resources (gpu: 1), or use method lora on CPU")
+    if method == "qlora" and cfg.training.qlora.bits not in (4, 8):
+        raise ConfigError(f"{cfg.training.qlora.bits} is not 4 or 8", field="training.qlora.bits")
+    if cfg.output.merge_adapter and method not in ("lora", "dora"):
+        raise ConfigError(f"merging needs an adapter trained in full precision (training.method lora or dora), not {method}",
+                          field="output.mergeAdapter", hint="set it to false, or train with lora/dora")
+    if cfg.model.torch_dtype not in DTYPES:
+        raise ConfigError(f"{cfg.model.torch_dtype!r} is not one of {', '.join(DTYPES)}", field="model.torchDtype")
+    if cfg.model.transformer_type == SEQUENCE_CLASSIFICATION and cfg.data.packing:
+        raise ConfigError("packing joins samples into one sequence; sequence classification needs one sample per sequence",
+                          field="data.packing", hint="set data.packing to null or false")
+    if "use_dora" in cfg.training.lora:
+        raise ConfigError("is set by training.method", field="training.lora.use_dora",
+                          hint="remove it; use training.method: dora for DoRA")
+    model_dir = cfg.model_dir
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        what = "does not exist" if not os.path.exists(model_dir) else "has no config.json"
+        raise UserError(f"the model is not on the volume: {model_dir} {what}", field="model.uri",
+                        hint="the storage initializer puts it there: check its log "
+                             "(kubectl logs <pod> -c storage-initializer), or fix model.uri")
+    if not os.path.exists(cfg.dataset_dir):
+        raise UserError(f"the dataset is not on the volume: {cfg.dataset_dir} does not exist", field="dataset.uri",
+                        hint="the storage initializer puts it there: check its log "
+                             "(kubectl logs <pod> -c storage-initializer), or fix dataset.uri")
+
+
+def load_tokenizer(cfg: JobConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(cfg.model_dir, local_files_only=True,
+                                            trust_remote_code=cfg.model.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types
+        raise UserError(f"cannot load the tokenizer from {cfg.model_dir}: {describe(exc)}", field="model.uri",
+                        hint="the model folder needs its tokenizer files; custom code needs model.trustRemoteCode") from None
+    if tok.pad_token is None:
+        for name in ("eos_token", "unk_token"):
+            if getattr(tok, name) is not None:
+                tok.pad_token = getattr(tok, name)
+                log.info("tokenizer has no pad token: using its %s %r", name, tok.pad_token)
+                break
+        else:
+            tok.add_special_tokens({"pad_token": "<pad>"})
+            log.warning("tokenizer has no pad, eos or unk token: added <pad> (the embeddings grow by one)")
+    return tok
+
+
+def lora_config(cfg: JobConfig, task_type: str):
+    """A peft LoraConfig from ``training.lora`` (null values drop chart defaults)."""
+    from peft import LoraConfig
+
+    values = {k: v for k, v in cfg.training.lora.items() if v is not None}
+    known = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ConfigError("is not a peft LoraConfig field", field=f"training.lora.{key}",
+                              hint=f"did you mean {close[0]!r}?" if close else "see peft's LoraConfig documentation")
+    values["task_type"] = task_type
+    values["use_dora"] = cfg.training.method == "dora"
+    try:
+        return LoraConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid LoRA settings: {exc}", field="training.lora") from None
+
+
+def _dtype(name: str):
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def load_model(cfg: JobConfig, tokenizer, *, num_labels: int | None, label_names: list[str] | None,
+               local_rank: int, gradient_checkpointing: bool):
+    """The base model (quantized for QLoRA), ready for the trainer (PEFT is applied by the trainer)."""
+    import transformers
+
+    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": cfg.model.trust_remote_code,
+                              "dtype": _dtype(cfg.model.torch_dtype)}
+    if cfg.model.attn_implementation:
+        kwargs["attn_implementation"] = cfg.model.attn_implementation
+    if cfg.training.method == "qlora":
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        q = cfg.training.qlora
+        compute = getattr(torch, q.compute_dtype, None)
+        if compute is None:
+            raise ConfigError(f"{q.compute_dtype!r} is not a torch dtype", field="training.qlora.computeDtype")
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
+                               bnb_4bit_compute_dtype=compute)
+            if q.bits == 4 else BitsAndBytesConfig(load_in_8bit=True))
+        kwargs["device_map"] = {"": local_rank}
+    if cfg.model.transformer_type == SEQUENCE_CLASSIFICATION:
+        if num_labels:
+            kwargs["num_labels"] = num_labels
+        if label_names:
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+    cls = getattr(transformers, cfg.model.transformer_type)
+    try:
+        model = cls.from_pretrained(cfg.model_dir, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot load the model from {cfg.model_dir} as {cfg.model.transformer_type}: {describe(exc)}",
+                        field="model.uri", hint="check model.transformerType, model.torchDtype, model.attnImplementation "
+                                                "and model.trustRemoteCode") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.training.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model

@@ -1,0 +1,173 @@
+"""A small HTTP fixture serving the few Kubernetes API routes the hooks call.
+
+No API server can run here (no kind/k3s/kube-apiserver), so this stands in for one:
+real HTTP, real ``kubernetes`` client, real kubeconfig. It answers like the API server
+(JSON objects, ``Status`` errors with 401/403/404) and can enforce RBAC from a rendered
+``Role`` (``resourceNames``), so tests also prove the chart's Role lets the hook read what
+it reads. Every request is recorded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+TOKEN = "test-token"
+
+_ROUTES = [
+    (re.compile(r"^/apis/(?P<group>[^/]+)/(?P<version>[^/]+)$"), "discovery"),
+    (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<resource>secrets|persistentvolumeclaims)/(?P<name>[^/]+)$"), "core"),
+    (re.compile(r"^/apis/storage.k8s.io/v1/storageclasses/(?P<name>[^/]+)$"), "storageclass"),
+    (re.compile(r"^/apis/kubeflow.org/v1/namespaces/(?P<ns>[^/]+)/pytorchjobs/(?P<name>[^/]+)$"), "pytorchjob"),
+]
+
+
+@dataclass
+class Cluster:
+    """What the fake API server holds. Mutate it in a test before calling the hook."""
+
+    served: dict[str, list[str]] = field(default_factory=lambda: {"kubeflow.org/v1": ["pytorchjobs", "pytorchjobs/status"]})
+    secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (ns, name) -> {key: plain value}
+    pvcs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (ns, name) -> PVC object
+    storageclasses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pytorchjobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    rbac: list[dict[str, Any]] | None = None  # Role rules; None = everything allowed
+    cluster_rbac: list[dict[str, Any]] = field(default_factory=list)  # rules for cluster-scoped reads
+    fail_with: int | None = None  # answer every request with this status (e.g. 503)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+    def add_secret(self, ns: str, name: str, data: dict[str, str]) -> None:
+        self.secrets[(ns, name)] = data
+
+    def add_pvc(self, ns: str, name: str, *, phase: str = "Bound", modes=("ReadWriteOnce",), storage_class: str = "standard") -> None:
+        self.pvcs[(ns, name)] = {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": ns},
+            "spec": {"accessModes": list(modes), "storageClassName": storage_class, "resources": {"requests": {"storage": "10Gi"}}},
+            "status": {"phase": phase, **({"accessModes": list(modes)} if phase == "Bound" else {})},
+        }
+
+    def add_storageclass(self, name: str, binding: str) -> None:
+        self.storageclasses[name] = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+                                     "provisioner": "example.com/csi", "volumeBindingMode": binding}
+
+    def add_pytorchjob(self, ns: str, name: str, conditions: list[tuple[str, str, str]]) -> None:
+        self.pytorchjobs[(ns, name)] = {
+            "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name, "namespace": ns},
+            "spec": {"pytorchReplicaSpecs": {}},
+            "status": {"conditions": [{"type": t, "status": s, "message": m, "reason": f"PyTorchJob{t}"} for t, s, m in conditions]},
+        }
+
+    def allowed(self, group: str, resource: str, name: str, rules: list[dict[str, Any]] | None) -> bool:
+        if rules is None:
+            return True
+        for rule in rules:
+            if (group in rule.get("apiGroups", []) and resource in rule.get("resources", []) and "get" in rule.get("verbs", [])
+                    and (not rule.get("resourceNames") or name in rule["resourceNames"])):
+                return True
+        return False
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    cluster: Cluster
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _send(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        c = self.cluster
+        path = self.path.split("?")[0]
+        c.requests.append(("GET", path))
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return self._send(401, _status(401, "Unauthorized", "Unauthorized"))
+        if c.fail_with:
+            return self._send(c.fail_with, _status(c.fail_with, "ServiceUnavailable", "the server is currently unable to handle the request"))
+        for rx, kind in _ROUTES:
+            m = rx.match(path)
+            if m:
+                return getattr(self, f"_{kind}")(**m.groupdict())
+        return self._send(404, _status(404, "NotFound", "the server could not find the requested resource"))
+
+    def _forbidden(self, resource: str, name: str, ns: str | None) -> None:
+        where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+        self._send(403, _status(403, "Forbidden", f'{resource} "{name}" is forbidden: User "system:serviceaccount:{ns}:hook" cannot get resource "{resource}"{where}'))
+
+    def _discovery(self, group: str, version: str) -> None:
+        names = self.cluster.served.get(f"{group}/{version}")
+        if names is None:
+            return self._send(404, _status(404, "NotFound", "the server could not find the requested resource"))
+        self._send(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}",
+                         "resources": [{"name": n, "singularName": "", "namespaced": True, "kind": "PyTorchJob",
+                                        "verbs": ["get", "list", "create"]} for n in names]})
+
+    def _core(self, ns: str, resource: str, name: str) -> None:
+        c = self.cluster
+        if not c.allowed("", resource, name, c.rbac):
+            return self._forbidden(resource, name, ns)
+        if resource == "secrets":
+            data = c.secrets.get((ns, name))
+            if data is None:
+                return self._send(404, _status(404, "NotFound", f'secrets "{name}" not found'))
+            return self._send(200, {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": name, "namespace": ns},
+                                    "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+        pvc = c.pvcs.get((ns, name))
+        if pvc is None:
+            return self._send(404, _status(404, "NotFound", f'persistentvolumeclaims "{name}" not found'))
+        return self._send(200, pvc)
+
+    def _storageclass(self, name: str) -> None:
+        c = self.cluster
+        if not c.allowed("storage.k8s.io", "storageclasses", name, c.cluster_rbac):
+            return self._forbidden("storageclasses", name, None)
+        sc = c.storageclasses.get(name)
+        if sc is None:
+            return self._send(404, _status(404, "NotFound", f'storageclasses.storage.k8s.io "{name}" not found'))
+        self._send(200, sc)
+
+    def _pytorchjob(self, ns: str, name: str) -> None:
+        c = self.cluster
+        if not c.allowed("kubeflow.org", "pytorchjobs", name, c.rbac):
+            return self._forbidden("pytorchjobs.kubeflow.org", name, ns)
+        job = c.pytorchjobs.get((ns, name))
+        if job is None:
+            return self._send(404, _status(404, "NotFound", f'pytorchjobs.kubeflow.org "{name}" not found'))
+        self._send(200, job)
+
+
+class KubeAPI:
+    """The fixture server on 127.0.0.1 and a kubeconfig pointing at it."""
+
+    def __init__(self, workdir) -> None:
+        self.cluster = Cluster()
+        handler = type("Handler", (_Handler,), {"cluster": self.cluster})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.kubeconfig = workdir / "kubeconfig"
+        self.kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "users": [{"name": "hook", "user": {"token": TOKEN}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "hook", "namespace": "kubeconfig-ns"}}],
+        }))
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

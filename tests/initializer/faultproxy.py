@@ -1,0 +1,155 @@
+"""A tiny HTTP proxy between a client and a real server that injects faults and delays.
+
+Each client request is forwarded to the upstream on its own connection (``Connection:
+close``), so faults hit a share of *requests*, not of connections. Per request, by chance
+(seeded): ``reset`` closes the client connection with a TCP RST before any answer,
+``error503`` answers an S3 ``503 SlowDown``, ``cut`` forwards the headers and part of the
+body and then resets (a broken stream). ``delay`` sleeps before forwarding (to slow a
+download down so that a test can kill it midway). ``rewrite(body) -> body`` edits response
+bodies (e.g. to list keys that SeaweedFS refuses to store but AWS S3 accepts, like
+``../x``). ``requests`` and ``faults`` count.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from urllib.parse import urlsplit
+
+def _slow_down() -> bytes:
+    body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>")
+    head = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    return head + body
+
+
+def _reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, *, reset: float = 0.0, error503: float = 0.0, cut: float = 0.0,
+                 delay: float = 0.0, seed: int = 0, rewrite=None) -> None:
+        u = urlsplit(upstream)
+        self.upstream = (u.hostname, u.port)
+        self.reset, self.error503, self.cut, self.delay = reset, error503, cut, delay
+        self.rewrite = rewrite
+        self.rng = random.Random(seed)
+        self.requests: Counter[str] = Counter()  # method -> count
+        self.faults: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def start(self) -> "FaultProxy":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self._one(conn)
+        except OSError:
+            pass
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _one(self, conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = 0
+        kept = [lines[0]]
+        for line in lines[1:]:
+            name = line.split(b":", 1)[0].strip().lower()
+            if name == b"content-length":
+                length = int(line.split(b":", 1)[1])
+            if name != b"connection":
+                kept.append(line)
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            body += chunk
+        method = lines[0].split(b" ")[0].decode()
+        with self._lock:
+            self.requests[method] += 1
+            roll = self.rng.random()
+        if self.delay:
+            time.sleep(self.delay)
+        if roll < self.reset:
+            self.faults["reset"] += 1
+            return _reset(conn)
+        if roll < self.reset + self.error503:
+            self.faults["503"] += 1
+            conn.sendall(_slow_down())
+            return
+        cut = roll < self.reset + self.error503 + self.cut
+        request = b"\r\n".join(kept + [b"Connection: close"]) + b"\r\n\r\n" + body
+        with socket.create_connection(self.upstream) as up:
+            up.sendall(request)
+            if self.rewrite is not None:
+                return conn.sendall(self._rewritten(up))
+            buf = b""
+            while True:
+                chunk = up.recv(65536)
+                if not chunk:
+                    break
+                if cut:
+                    buf += chunk
+                    if b"\r\n\r\n" in buf:
+                        h, _, rest = buf.partition(b"\r\n\r\n")
+                        if len(rest) >= 2:
+                            self.faults["cut"] += 1
+                            conn.sendall(h + b"\r\n\r\n" + rest[: len(rest) // 2])
+                            return _reset(conn)
+                    continue
+                conn.sendall(chunk)
+            if cut and buf:  # body too short to cut: forward it whole
+                conn.sendall(buf)
+
+    def _rewritten(self, up: socket.socket) -> bytes:
+        data = b""
+        while chunk := up.recv(65536):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b"chunked" not in head.lower(), "rewrite needs a Content-Length response"
+        body = self.rewrite(body)
+        lines = [ln for ln in head.split(b"\r\n") if not ln.lower().startswith(b"content-length:")]
+        return b"\r\n".join(lines + [b"Content-Length: %d" % len(body)]) + b"\r\n\r\n" + body

@@ -1,0 +1,169 @@
+"""Real DDP under torchrun (gloo, CPU): sharding, rank-0-only writes, SIGTERM and resume across 'nodes'."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_finetune.local.s3server import free_port
+from llm_finetune.trainer.checkpoints import read_marker
+from llm_finetune.trainer.progress import example_hash
+from trainer.helpers import (INSTRUCTION_DATA, LLM_FINETUNE, TORCHRUN, make_config, output_manifest, prepared_train, run_dir,
+                             trainer_env)
+
+pytestmark = pytest.mark.slow
+
+
+def test_ddp_two_processes_shard_each_epoch_once_and_only_rank0_writes(tmp_path, tiny_model, alpaca_dir):
+    config = make_config(tmp_path, "ddp", tiny_model, alpaca_dir, data=INSTRUCTION_DATA,
+                         training={"args": {"max_steps": None, "num_train_epochs": 1, "per_device_train_batch_size": 2,
+                                            "save_steps": 2}})
+    samples = tmp_path / "node-tmp" / "samples"
+    env = trainer_env(tmp_path, LLM_FINETUNE_DEBUG_SAMPLES_DIR=str(samples))
+    proc = subprocess.run([TORCHRUN, "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "llm_finetune", "train",
+                           "--config", str(config)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout
+    m = output_manifest(config)
+    assert m["worldSize"] == 2
+    metrics = json.loads((run_dir(config) / "output" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+
+    # Every prepared row once per epoch across the ranks (the sampler shards once, not twice).
+    rows = {example_hash(r) for r in prepared_train(config)["input_ids"]}
+    seen = [(samples / f"rank-{r}.txt").read_text().split() for r in (0, 1)]
+    per_step = 2 * 2
+    assert len(seen[0]) == len(seen[1]) == math.ceil(len(rows) / per_step) * 2
+    assert set(seen[0]) | set(seen[1]) == rows
+    overlap = set(seen[0]) & set(seen[1])
+    assert len(overlap) <= per_step - 1, "ranks saw the same rows: data sharded twice or not at all"
+    assert m["globalStep"] == math.ceil(len(rows) / per_step)
+
+    # Rank 1 wrote nothing to the run folder: its per-rank checkpoint files are in node-local scratch.
+    run_files = [p.name for p in run_dir(config).rglob("*") if p.is_file()]
+    assert "rng_state_0.pth" in run_files and "rng_state_1.pth" not in run_files
+    scratch = tmp_path / "node-tmp" / "llm-finetune" / "ddp" / "rank-1" / "checkpoints"
+    assert {p.name for p in scratch.rglob("*") if p.is_file()} == {"rng_state_1.pth"}
+
+
+def _launch(node: int, config: Path, port: int, env: dict[str, str], log: Path, *, nnodes: int = 2,
+            nproc: int = 1) -> subprocess.Popen:
+    """The chart's trainer command with the env the Training Operator gives a PyTorchJob pod."""
+    env = {**env, "PET_NNODES": str(nnodes), "PET_NPROC_PER_NODE": str(nproc), "PET_NODE_RANK": str(node),
+           "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port), "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "60"}
+    return subprocess.Popen([LLM_FINETUNE, "launch", "--config", str(config)],
+                            env=env, cwd=config.parent, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    for p in procs:
+        try:
+            codes.append(p.wait(max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    return codes
+
+
+def test_perpod_sigterm_checkpoints_then_both_nodes_resume(tmp_path, tiny_model, alpaca_dir):
+    """Two 'pods' (torchrun --nnodes=2): each has its own /workspace; only node 0 has the claim at /output.
+
+    Node 1 maps /output to a path no one can create (/proc/...), so nothing there is writable or
+    readable for it. SIGTERM mid-run: a checkpoint at the next step, exit 143 (termination log).
+    The restart resumes from it on both nodes: node 1 receives it from rank 0.
+    """
+    claim = tmp_path / "claim"
+    nodes = []
+    for n in (0, 1):
+        ws = tmp_path / f"node{n}" / "ws"
+        shutil.copytree(tiny_model, ws / "model")
+        shutil.copytree(alpaca_dir, ws / "dataset")
+        output = claim if n == 0 else Path("/proc/llm-finetune-no-claim")
+        nodes.append(trainer_env(tmp_path / f"node{n}", LLM_FINETUNE_PATH_MAP=f"/workspace={ws},/output={output}"))
+    config = make_config(tmp_path, "pp", tiny_model, alpaca_dir, data={**INSTRUCTION_DATA, "maxSeqLength": 64},
+                         training={"args": {"max_steps": 120, "per_device_train_batch_size": 2, "save_steps": 5,
+                                            "logging_steps": 10}})
+    raw = yaml.safe_load(config.read_text())
+    raw["paths"] = {"workspace": "/workspace", "model": "/workspace/model", "dataset": "/workspace/dataset",
+                    "cache": "/workspace/cache", "run": "/output/runs/pp"}
+    raw["storage"] = {"mode": "perPod"}
+    raw["model"]["uri"], raw["dataset"]["uri"] = "hf://demo/tiny-llama", "s3://demo/alpaca"
+    config.write_text(yaml.safe_dump(raw))
+    checkpoints = claim / "runs" / "pp" / "checkpoints"
+
+    # Attempt 1: stopped by SIGTERM (as when the pods are deleted) after the first checkpoint.
+    port = free_port()
+    procs = [_launch(n, config, port, nodes[n], tmp_path / f"attempt1-node{n}.log") for n in (0, 1)]
+    deadline = time.monotonic() + 240
+    while not any(read_marker(p) for p in checkpoints.glob("checkpoint-*")):
+        assert all(p.poll() is None for p in procs), (tmp_path / "attempt1-node0.log").read_text()
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    assert _wait(procs, 120) == [143, 143]  # retried under restartPolicy ExitCode (plain torchrun exits 1)
+    message = (tmp_path / "node0" / "termination-log").read_text()
+    assert message.startswith("trainer: stopped by SIGTERM at step "), message
+    stopped = int(message.split("at step ")[1].split(",")[0])
+    assert 5 <= stopped < 120
+    assert read_marker(checkpoints / f"checkpoint-{stopped}") is not None
+    assert not (claim / "runs" / "pp" / "output").exists()
+
+    # Attempt 2: both pods restart; node 1 cannot see the claim and gets the checkpoint from rank 0.
+    port = free_port()
+    procs = [_launch(n, config, port, nodes[n], tmp_path / f"attempt2-node{n}.log") for n in (0, 1)]
+    codes = _wait(procs, 300)
+    log0, log1 = ((tmp_path / f"attempt2-node{n}.log").read_text() for n in (0, 1))
+    assert codes == [0, 0], log0 + log1
+    assert f"resuming from {checkpoints}/checkpoint-{stopped}" in log0
+    assert f"resuming at step {stopped}" in log0
+    assert f"received checkpoint checkpoint-{stopped} from rank 0" in log1
+    received = tmp_path / "node1" / "node-tmp" / "llm-finetune" / "pp" / "node-1" / "resume" / f"checkpoint-{stopped}"
+    sent = {f["path"]: f["size"] for f in read_marker(checkpoints / f"checkpoint-{stopped}")["files"]}
+    assert {p.name: p.stat().st_size for p in received.iterdir()} == sent
+    m = json.loads((claim / "runs" / "pp" / "output" / "manifest.json").read_text())
+    assert (m["globalStep"], m["worldSize"]) == (120, 2)
+
+
+def test_launch_exits_with_the_failed_workers_own_code(tmp_path, tiny_model, alpaca_dir):
+    """A worker stopped by SIGTERM exits 143 (retryable): the pod must exit 143 too, not torchrun's 1."""
+    config = make_config(tmp_path, "lx", tiny_model, alpaca_dir, data={**INSTRUCTION_DATA, "maxSeqLength": 64},
+                         training={"args": {"max_steps": 200, "per_device_train_batch_size": 2, "save_steps": 3}})
+    log = tmp_path / "launch.log"
+    proc = _launch(0, config, free_port(), trainer_env(tmp_path), log, nnodes=1, nproc=2)
+    checkpoints = run_dir(config) / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not any(read_marker(p) for p in checkpoints.glob("checkpoint-*")):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGTERM)  # one worker only: the stop is agreed on at the next step
+    assert _wait([proc], 120) == [143], log.read_text()
+    assert "worker rank" in log.read_text() and "failed with exit code 143" in log.read_text()
+    assert (tmp_path / "termination-log").read_text().startswith("trainer: stopped by SIGTERM at step ")
