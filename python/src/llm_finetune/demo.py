@@ -122,9 +122,38 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
     return fast
 
 
+def _pretrain(model, tokenizer, steps: int, seed: int) -> None:
+    """Next-token training on plain word sequences, some followed by a copy, a reversed, sorted
+    or upper-case copy, or their count, with no instructions: the demo base model has the skills
+    but does not follow the Alpaca format, which is what fine-tuning then teaches."""
+    import torch
+
+    rng = random.Random(seed)
+    transforms = [lambda w: w, lambda w: list(reversed(w)), sorted, lambda w: [x.upper() for x in w],
+                  lambda w: [_NUMBERS[len(w)] if len(w) < len(_NUMBERS) else str(len(w))]]
+
+    def text() -> str:
+        words = [rng.choice(_WORDS) for _ in range(_length(rng))][:24]
+        if rng.random() < 0.2:
+            return " ".join(words)
+        return " ".join(words) + "\n" + " ".join(rng.choice(transforms)(words))
+
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        batch = tokenizer([text() + tokenizer.eos_token for _ in range(16)], return_tensors="pt", padding=True)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
 def build_tiny_model(directory: str | os.PathLike[str], *, seed: int = 0, vocab_size: int = 1024,
-                     hidden_size: int = 64, num_layers: int = 2) -> Path:
-    """Save a randomly initialised tiny Llama and its tokenizer to ``directory``."""
+                     hidden_size: int = 64, num_layers: int = 2, pretrain_steps: int = 0) -> Path:
+    """Save a tiny Llama and its tokenizer to ``directory``: randomly initialised, or with
+    ``pretrain_steps`` of next-token training on word sequences (the ``make run`` demo)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -139,6 +168,8 @@ def build_tiny_model(directory: str | os.PathLike[str], *, seed: int = 0, vocab_
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    if pretrain_steps:
+        _pretrain(model, tokenizer, pretrain_steps, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(d, safe_serialization=True)
     tokenizer.save_pretrained(d)

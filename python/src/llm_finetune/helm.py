@@ -15,8 +15,10 @@ CHART_DIR_ENV = "LLM_FINETUNE_CHART"
 
 
 def helm_binary(explicit: str | None = None) -> str:
-    """``explicit``, else ``$HELM_BIN``, else ``helm`` on PATH."""
-    candidate = explicit or os.environ.get(HELM_BIN_ENV) or shutil.which("helm")
+    """``explicit``, else ``$HELM_BIN``, else ``helm`` on PATH, else the one ``make`` put in this checkout's .tools/."""
+    tools = Path(__file__).resolve().parents[3] / ".tools"
+    installed = [str(p) for p in (tools / "helm-4.1" / "helm", tools / "helm-3.17" / "helm") if p.is_file()]
+    candidate = explicit or os.environ.get(HELM_BIN_ENV) or shutil.which("helm") or next(iter(installed), None)
     if not candidate or not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
         raise UserError("helm not found", hint="install Helm 3.17+ or set HELM_BIN (make run/test install it under .tools/)")
     return candidate

@@ -74,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
     server = None
     try:
         if args.demo:
-            from .demo import serve_demo
+            from .demo import demo_sets, serve_demo
 
-            server, demo_sets, demo_env = serve_demo(workdir)
-            set_values = demo_sets + set_values
+            _validate(args.values, demo_sets("http://127.0.0.1:8333") + set_values, chart)
+            server, sets, demo_env = serve_demo(workdir)
+            set_values = sets + set_values
             local_env.update(demo_env)
-        _validate(args.values, set_values, chart)
+        else:
+            _validate(args.values, set_values, chart)
         manifests = helm.load_manifests(helm.template(chart, values_files=args.values, set_values=set_values,
                                                       release=args.release, namespace=args.namespace, helm=args.helm))
         # A free port instead of the operator's 23456, so that local runs side by side do not clash.

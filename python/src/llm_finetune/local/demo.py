@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 from pathlib import Path
 
 from ..demo import build_tiny_model, write_dataset
@@ -23,7 +24,7 @@ def build_assets(directory: Path) -> Path:
     """Build the demo model and dataset once (reused across runs; same bytes every time)."""
     done = directory / ".complete"
     if not done.exists():
-        build_tiny_model(directory / "model")
+        build_tiny_model(directory / "model", pretrain_steps=600)
         write_dataset(directory / "dataset", n_train=600, n_eval=60)
         done.write_text("ok\n")
     return directory
@@ -35,6 +36,7 @@ def serve_demo(workdir: Path):
 
     assets = build_assets(workdir / "demo-assets")
     access_key, secret_key = "demo-" + secrets.token_hex(4), secrets.token_hex(16)
+    shutil.rmtree(workdir / "s3", ignore_errors=True)  # the server's data is scratch: uploaded afresh each run
     server = start_s3_server(workdir / "s3", access_key=access_key, secret_key=secret_key)
     try:
         server.create_bucket(BUCKET)
@@ -45,5 +47,9 @@ def serve_demo(workdir: Path):
         server.stop()
         raise
     log.info("demo: serving the tiny model and dataset from s3://%s on %s", BUCKET, server.endpoint)
-    sets = [f"model.s3.endpointUrl={server.endpoint}", f"dataset.s3.endpointUrl={server.endpoint}"]
-    return server, sets, server.env()
+    return server, demo_sets(server.endpoint), server.env()
+
+
+def demo_sets(endpoint: str) -> list[str]:
+    """The --set values that point the demo values file at the local server."""
+    return [f"model.s3.endpointUrl={endpoint}", f"dataset.s3.endpointUrl={endpoint}"]

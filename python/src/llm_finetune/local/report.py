@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,10 @@ def write_samples(cfg: JobConfig, path: Path, n: int = 4) -> Path | None:
     hf_logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(cfg.model_dir, local_files_only=True)
     base = AutoModelForCausalLM.from_pretrained(cfg.model_dir, local_files_only=True)
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg.model_dir, local_files_only=True),
-                                      str(adapter), local_files_only=True)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated for v6
+        warnings.simplefilter("ignore", FutureWarning)
+        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg.model_dir, local_files_only=True),
+                                          str(adapter), local_files_only=True)
 
     def generate(model, prompt: str) -> str:
         ids = tok(prompt, return_tensors="pt")

@@ -349,7 +349,14 @@ def save_cache(path: Path, train, evalds, info: dict[str, Any]) -> None:
         if evalds is not None:
             evalds.save_to_disk(str(tmp / "eval"))
         (tmp / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True), encoding="utf-8")
-        os.rename(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not (path / "info.json").is_file():
+                raise
+            # another node on the same shared claim cached the same fingerprint first
+            log.info("prepared data already cached in %s by another node", path)
+            return
         log.info("prepared data cached in %s", path)
     except OSError as exc:
         log.warning("could not cache the prepared data in %s (%s): it is rebuilt next time", path, describe(exc))

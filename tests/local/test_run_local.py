@@ -1,0 +1,142 @@
+"""``llm-finetune run-local`` end to end: real helm template, SeaweedFS, initializer, 2-process torchrun training.
+
+The runs use the shipped ``values-examples/local-demo.yaml`` (what ``make run`` runs), made
+shorter with a values file, so a change to the example is tested here too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fixtures.render import CHART
+
+REPO = CHART.parent
+
+DEMO = REPO / "values-examples" / "local-demo.yaml"
+LLM_FINETUNE = str(Path(sys.executable).parent / "llm-finetune")
+pytestmark = pytest.mark.slow
+
+SHORT = {"training": {"args": {"max_steps": 6, "save_steps": 3, "logging_steps": 1, "eval_steps": 3}},
+         "data": {"maxSeqLength": 96, "maxTrainSamples": 96, "maxEvalSamples": 16}}
+
+
+def _env(tmp_path: Path, helm: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_TOKEN", "LLM_FINETUNE_"))}
+    env.update({"HELM_BIN": helm, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+                "LLM_FINETUNE_TERMINATION_LOG": str(tmp_path / "run-local.termination-log")})
+    return env
+
+
+def run_local(tmp_path: Path, helm: str, *extra: str, values: dict | None = None, timeout: float = 600):
+    files = ["-f", str(DEMO)]
+    if values is not None:
+        (tmp_path / "override.yaml").write_text(yaml.safe_dump(values))
+        files += ["-f", str(tmp_path / "override.yaml")]
+    return subprocess.run([LLM_FINETUNE, "run-local", "--demo", *files, "--workdir", str(tmp_path / "work"), *extra],
+                          env=_env(tmp_path, helm), capture_output=True, text=True, timeout=timeout)
+
+
+def test_demo_end_to_end_initializer_then_two_workers_then_report(tmp_path, helm4):
+    proc = run_local(tmp_path, helm4, values=SHORT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    work = tmp_path / "work"
+    run = work / "claims" / "local-llm-finetune-workspace" / "runs" / "local-llm-finetune-demo"
+    output = run / "output"
+
+    # the initializer put model and dataset on the shared claim, from the S3 server
+    claim = work / "claims" / "local-llm-finetune-workspace"
+    assert (claim / "model" / "config.json").is_file() and (claim / "dataset" / "train.jsonl").is_file()
+    assert "[master-0/storage-initializer]" in out and "[worker-0/storage-initializer]" in out
+    # two pods, one trainer process each: world size 2
+    manifest = json.loads((output / "manifest.json").read_text())
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert (manifest["worldSize"], manifest["globalStep"], manifest["method"]) == (2, 6, "lora")
+    assert manifest["baseModel"]["uri"] == "s3://llm-finetune-demo/model"
+    assert metrics["world_size"] == 2 and metrics["eval"]["eval_loss"] > 0
+    assert (work / "logs").is_dir() and any((work / "logs").iterdir())
+
+    # the adapter loads on the base model and generates
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(claim / "model")
+    tuned = PeftModel.from_pretrained(base, output)
+    assert sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n) > 0
+
+    # what a person looks at: loss curve, before/after samples, and a summary naming them
+    png = work / "results" / "loss-curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    samples = (work / "results" / "samples.md").read_text()
+    assert samples.count("- base model:") == samples.count("- fine-tuned:") >= 1
+    assert f"output (adapter, tokenizer, manifest.json, metrics.json): {output}" in proc.stdout
+    assert "eval loss:" in proc.stdout and "before training ->" in proc.stdout
+    assert str(png) in proc.stdout
+
+
+def test_bad_values_stop_with_the_validators_message_before_anything_starts(tmp_path, helm4):
+    proc = run_local(tmp_path, helm4, values={"job": {"numWorkers": 0}, "data": {"format": "markdown"}}, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "job.numWorkers" in proc.stdout and "data.format" in proc.stdout
+    message = (tmp_path / "run-local.termination-log").read_text()
+    assert message.startswith("run-local: 2 problem(s) in the values, nothing was started; first: ")
+    work = tmp_path / "work"
+    assert not any((work / d).exists() for d in ("s3", "claims", "pods", "logs"))
+
+
+def test_a_failing_step_stops_the_run_with_its_own_message_and_exit_code(tmp_path, helm4):
+    proc = run_local(tmp_path, helm4, "--set", "dataset.uri=s3://llm-finetune-demo/no-such-prefix", values=SHORT,
+                     timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-4000:]
+    pod_message = (tmp_path / "work" / "pods" / "local-llm-finetune-demo-master-0" /
+                   "termination-log.storage-initializer").read_text()
+    assert pod_message.startswith("initializer: dataset.uri: ") and "no-such-prefix" in pod_message
+    assert pod_message in (tmp_path / "run-local.termination-log").read_text()
+    # the trainers never started, and the waiting Worker initializer was stopped
+    assert "[master-0/pytorch]" not in out and "[worker-0/pytorch]" not in out
+    assert not (tmp_path / "work" / "claims" / "local-llm-finetune-workspace" / "runs").exists()
+
+
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_ctrl_c_stops_every_local_process(tmp_path, helm4):
+    values = {"training": {"args": {"max_steps": 5000, "save_steps": 1000, "logging_steps": 1}}, "data": {"maxSeqLength": 64}}
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(values))
+    log = open(tmp_path / "out.log", "w")
+    proc = subprocess.Popen([LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "override.yaml"),
+                             "--workdir", str(tmp_path / "work")], env=_env(tmp_path, helm4), stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while "step 2/5000" not in (tmp_path / "out.log").read_text():
+        assert proc.poll() is None, (tmp_path / "out.log").read_text()[-4000:]
+        assert time.monotonic() < deadline, "training did not start in time"
+        time.sleep(0.2)
+    children = _descendants(proc.pid)
+    assert len(children) >= 4  # SeaweedFS, 2 launchers, their workers
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) == 130, (tmp_path / "out.log").read_text()[-4000:]
+    time.sleep(0.5)
+    alive = [p for p in children if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
+    assert alive == [], f"left running: {alive}"
