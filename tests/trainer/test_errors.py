@@ -62,7 +62,7 @@ FAST_CASES = {
     "merge-full": ({"training": {"method": "full"}, "output": {"mergeAdapter": True}},
                    "trainer: output.mergeAdapter: merging needs an adapter"),
     "lora-typo": ({"training": {"lora": {"lora_alph": 8}}},
-                  "trainer: training.lora.lora_alph: is not a peft LoraConfig field — did you mean 'lora_alpha'?"),
+                  "trainer: training.lora.lora_alph: is not a LoraConfig field — did you mean 'lora_alpha'?"),
     "use-dora": ({"training": {"lora": {"use_dora": True}}}, "trainer: training.lora.use_dora: is set by training.method"),
     "missing-dataset": ({"dataset": {"uri": "/nonexistent/data"}},
                         "trainer: dataset.uri: the dataset is not on the volume: /nonexistent/data does not exist"),

@@ -129,7 +129,7 @@ def check_secrets(kube, request: Request) -> list[Problem]:
                 log.info("Secret %s has key %s", name, key)
             else:
                 problems.append(Problem("secrets", f"Secret {name!r} has no key {key!r} (its keys: {', '.join(sorted(present)) or 'none'})",
-                                        f"add the key to the Secret or set the matching secrets.*.*Key value to one of its keys", ERROR, "cluster"))
+                                        "add the key to the Secret or set the matching secrets.*.*Key value to one of its keys", ERROR, "cluster"))
     return problems
 
 

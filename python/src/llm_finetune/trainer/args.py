@@ -20,8 +20,6 @@ evaluation data ``eval_strategy``/``eval_steps`` following the save settings.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from typing import Any
 
 from ..config import JobConfig
@@ -44,20 +42,11 @@ FROM_DATA = {
 
 
 def user_args(cfg: JobConfig, cls: type) -> dict[str, Any]:
-    """``training.args`` checked against ``cls``'s fields (None values dropped)."""
+    """``training.args`` checked against ``cls``'s fields and types, as the validator checks them (None values dropped)."""
+    from ..validate.introspect import raise_first_error, training_args_problems
+
     values = {k: v for k, v in cfg.training.args.items() if v is not None}
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    for key in values:
-        field = f"training.args.{key}"
-        if key in CHART_MANAGED:
-            paths = " (paths are chart-managed)" if key in ("output_dir", "logging_dir") else ""
-            raise ConfigError(f"is set by the chart{paths}", field=field, hint=CHART_MANAGED[key])
-        if key in FROM_DATA:
-            raise ConfigError("comes from the data section", field=field, hint=f"set {FROM_DATA[key]} instead")
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            raise ConfigError(f"is not a {cls.__name__} field", field=field,
-                              hint=f"did you mean {close[0]!r}?" if close else "see transformers' TrainingArguments")
+    raise_first_error(training_args_problems(values, cls))
     return values
 
 

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import logging
 import os
 from typing import Any
@@ -51,9 +49,9 @@ def check_config(cfg: JobConfig) -> None:
     if cfg.model.transformer_type == SEQUENCE_CLASSIFICATION and cfg.data.packing:
         raise ConfigError("packing joins samples into one sequence; sequence classification needs one sample per sequence",
                           field="data.packing", hint="set data.packing to null or false")
-    if "use_dora" in cfg.training.lora:
-        raise ConfigError("is set by training.method", field="training.lora.use_dora",
-                          hint="remove it; use training.method: dora for DoRA")
+    from ..validate.introspect import RESERVED_LORA, raise_first_error, reserved_problems
+
+    raise_first_error(reserved_problems(cfg.training.lora, "training.lora", RESERVED_LORA))
     model_dir = cfg.model_dir
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         what = "does not exist" if not os.path.exists(model_dir) else "has no config.json"
@@ -91,13 +89,10 @@ def lora_config(cfg: JobConfig, task_type: str):
     """A peft LoraConfig from ``training.lora`` (null values drop chart defaults)."""
     from peft import LoraConfig
 
+    from ..validate.introspect import lora_problems, raise_first_error
+
     values = {k: v for k, v in cfg.training.lora.items() if v is not None}
-    known = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            raise ConfigError("is not a peft LoraConfig field", field=f"training.lora.{key}",
-                              hint=f"did you mean {close[0]!r}?" if close else "see peft's LoraConfig documentation")
+    raise_first_error(lora_problems(values))
     values["task_type"] = task_type
     values["use_dora"] = cfg.training.method == "dora"
     try:

@@ -133,6 +133,28 @@ def check_mapping(values: dict[str, Any], cls: type, where: str, what: str, skip
             yield Problem(path, f"{value!r} has the wrong type or value", hint, ERROR, "introspection")
 
 
+def raise_first_error(problems: typing.Iterable[Problem]) -> None:
+    """For the trainer: the first error among ``problems`` as a ConfigError (same text as the validator's)."""
+    from ..errors import ConfigError
+
+    for p in problems:
+        if p.severity == ERROR:
+            raise ConfigError(p.message, field=p.path, hint=p.hint or None)
+
+
+def training_args_problems(args: dict[str, Any], cls: type) -> Iterator[Problem]:
+    """training.args: keys the trainer sets itself, then fields and types of ``cls``."""
+    reserved = reserved_args()
+    yield from reserved_problems(args, "training.args", reserved)
+    yield from check_mapping(args, cls, "training.args", cls.__name__, skip=reserved)
+
+
+def lora_problems(lora: dict[str, Any]) -> Iterator[Problem]:
+    """training.lora: keys the trainer sets itself, then LoraConfig fields and types."""
+    yield from reserved_problems(lora, "training.lora", RESERVED_LORA)
+    yield from check_mapping(lora, _lora_class(), "training.lora", "LoraConfig", skip=RESERVED_LORA)
+
+
 def introspection_problems(values: dict[str, Any]) -> Iterator[Problem]:
     """Problems in training.args / training.lora: keys the trainer sets itself (always checked),
     then fields and types against the installed libraries (a notice when they are missing)."""
@@ -142,26 +164,24 @@ def introspection_problems(values: dict[str, Any]) -> Iterator[Problem]:
     args = training.get("args") if isinstance(training.get("args"), dict) else {}
     lora = training.get("lora") if isinstance(training.get("lora"), dict) else {}
     check_lora = training.get("method", "lora") != "full"
-    reserved = reserved_args()
-    yield from reserved_problems(args, "training.args", reserved)
-    if check_lora:
-        yield from reserved_problems(lora, "training.lora", RESERVED_LORA)
     # trl/peft import bitsandbytes, which warns about missing CPU kernels: not the user's problem here.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         args_cls = _training_args_class(transformer_type)
     except ImportError as exc:
+        yield from reserved_problems(args, "training.args", reserved_args())
         yield Problem("training.args", f"not checked: {exc.name or 'transformers/trl'} is not installed",
                       "install the trainer extra (pip install 'llm-finetune[trainer]') to check TrainingArguments keys and types",
                       NOTICE, "introspection")
     else:
-        yield from check_mapping(args, args_cls, "training.args", args_cls.__name__, skip=reserved)
+        yield from training_args_problems(args, args_cls)
     if not check_lora:
         return
     try:
-        lora_cls = _lora_class()
+        _lora_class()
     except ImportError as exc:
+        yield from reserved_problems(lora, "training.lora", RESERVED_LORA)
         yield Problem("training.lora", f"not checked: {exc.name or 'peft'} is not installed",
                       "install the trainer extra to check LoraConfig keys and types", NOTICE, "introspection")
     else:
-        yield from check_mapping(lora, lora_cls, "training.lora", "LoraConfig", skip=RESERVED_LORA)
+        yield from lora_problems(lora)
