@@ -79,3 +79,15 @@ def test_bad_path_map(monkeypatch):
     monkeypatch.setenv(C.PATH_MAP_ENV, "workspace")
     with pytest.raises(ConfigError, match=C.PATH_MAP_ENV):
         C.from_dict(minimal())
+
+
+def test_atomic_json_is_readable_like_any_other_file(tmp_path):
+    import stat
+
+    from llm_finetune.volume import atomic_write_json
+
+    from llm_finetune import volume
+
+    atomic_write_json(tmp_path / "m.json", {"a": 1})
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~volume._UMASK
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]

@@ -46,6 +46,15 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once at import: os.umask is process-wide, not safe to flip while threads write
+
+
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write JSON to a temporary file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
@@ -57,6 +66,7 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; readers with the pod's fsGroup need more
         os.replace(tmp, path)
     except BaseException:
         try:
