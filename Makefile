@@ -49,13 +49,13 @@ $(CHECKOV):
 test: venv tools
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
-run: venv tools
+run: venv $(HELM3) $(HELM4)
 	$(BIN)/llm-finetune run-local --demo -f values-examples/local-demo.yaml --workdir .run
 
-bench: venv tools
+bench: venv
 	$(BIN)/python tests/bench/run_all.py
 
-lint: venv tools
+lint: $(HELM3) $(HELM4)
 	$(HELM3) lint --strict chart
 	$(HELM4) lint --strict chart
 

@@ -189,4 +189,9 @@ def test_every_rendered_command_resolves(helm4):
         proc = subprocess.run([*program, sub, "--help"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         assert "--config" in proc.stdout
-    assert {s for _, s, _ in seen} == {"initialize", "train", "preflight", "verify"}
+    assert {s for _, s, _ in seen} == {"initialize", "launch", "preflight", "verify"}
+    # launch is torchrun starting `python -m llm_finetune train` with the same config
+    from llm_finetune.trainer.launch import worker_argv
+
+    assert worker_argv("/etc/llm-finetune/config.yaml") == ["-m", "llm_finetune", "train", "--config",
+                                                            "/etc/llm-finetune/config.yaml"]

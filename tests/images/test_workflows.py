@@ -105,5 +105,11 @@ def test_release_check_lists_every_mismatch(check_release, repo_copy, capsys):
 
 
 def test_release_needs_a_changelog_section(check_release, repo_copy, capsys):
+    version = yaml.safe_load((repo_copy / "chart" / "Chart.yaml").read_text())["version"]
+    changelog = repo_copy / "CHANGELOG.md"
+    assert f"## [{version}]" in changelog.read_text()
+    assert check_release.main(["--repo", str(repo_copy)]) == 0
+    changelog.write_text(changelog.read_text().replace(f"## [{version}]", "## [0.0.0-old]"))
+    capsys.readouterr()
     assert check_release.main(["--repo", str(repo_copy)]) == 1
     assert "CHANGELOG.md: no '## [" in capsys.readouterr().err

@@ -1,7 +1,8 @@
-"""``llm-finetune train``: the trainer container's command.
+"""``llm-finetune train``: one trainer process (``launch`` starts one per local rank).
 
-The chart runs ``torchrun -m llm_finetune train --config /etc/llm-finetune/config.yaml``
-(torchrun reads the ``PET_*`` variables the Training Operator sets); ``python -m
+The chart runs ``llm-finetune launch --config /etc/llm-finetune/config.yaml``, which is
+torchrun starting this command on each local process (torchrun reads the ``PET_*``
+variables the Training Operator sets; see :mod:`.launch`); ``python -m
 llm_finetune train --config ...`` runs it as a single process. Exit codes: 0 done, 1 bad
 input (config, data, model, credentials), 143 stopped by SIGTERM after a checkpoint (the
 next attempt resumes), 202 a remote service kept failing (export), 203 a bug.
