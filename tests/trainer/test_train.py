@@ -165,3 +165,13 @@ def test_chat_dora_with_a_failing_export(tmp_path, tiny_model, chat_dir, s3_serv
     masked = sum(1 for t in row["labels"] if t == -100)
     assert 0 < masked < len(row["labels"])  # user turns carry no loss, assistant turns do
     assert "Contents" not in s3_server.client().list_objects_v2(Bucket="exports", Prefix="chat/")
+
+    # The retry (right credentials): the run is complete, so nothing trains again; the export is redone.
+    before = (run_dir(config) / "output" / "manifest.json").read_bytes()
+    proc = run_trainer(config, trainer_env(tmp_path, **s3_server.env()))
+    assert proc.returncode == 0, proc.output
+    assert "already finished with this config" in proc.output
+    assert "resuming" not in proc.output and "step 1/" not in proc.output
+    assert (run_dir(config) / "output" / "manifest.json").read_bytes() == before
+    listed = s3_server.client().list_objects_v2(Bucket="exports", Prefix="chat/")["Contents"]
+    assert "chat/manifest.json" in {o["Key"] for o in listed}

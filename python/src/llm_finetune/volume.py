@@ -36,14 +36,19 @@ def manifest_path(directory: str | os.PathLike[str]) -> Path:
     return Path(directory) / MANIFEST_NAME
 
 
-def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The completion manifest of ``directory``, or None when it is absent or unreadable."""
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when it is absent, unreadable or not an object."""
     try:
-        with open(manifest_path(directory), encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The completion manifest of ``directory``, or None when it is absent or unreadable."""
+    return read_json(manifest_path(directory))
 
 
 def _umask() -> int:

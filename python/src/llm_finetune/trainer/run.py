@@ -7,9 +7,11 @@ run folder, and it alone writes the output and exports after the other ranks are
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from ..config import CAUSAL_LM, JobConfig
@@ -19,7 +21,7 @@ from . import checkpoints as ckpt
 from .args import build_args, set_data_fields
 from .data import (CHAT, INSTRUCTION, PackedRowsCollator, assistant_only_loss, cache_path, fingerprint, load_cached, load_splits,
                    save_cache)
-from .dist import Ranks, all_true, scratch_root, sync_checkpoint, writable_dir
+from .dist import Ranks, all_true, broadcast, scratch_root, sync_checkpoint, writable_dir
 from .model import check_config, load_model, load_tokenizer, lora_config
 from .progress import RecordingCollator, debug_samples_dir, make_progress_callback
 
@@ -77,6 +79,15 @@ def train(cfg: JobConfig, stop: ckpt.StopFlag) -> int:
                                         bf16_ok=cuda and torch.cuda.is_bf16_supported())
     log.info("trainer: %s %s on %s, world size %d, device %s", cfg.training.method, cfg.task, cfg.model.uri,
              args.world_size, args.device)
+    finished = broadcast(_finished_output(cfg) if ranks.is_main else None)  # only rank 0 may see the output
+    if finished:
+        log.info("trainer: run %s already finished with this config: output %s. Nothing to train "
+                 "(set a new runId, or training.resume: never, to train again)", cfg.run.name, finished)
+        if ranks.is_main:
+            from .export import export
+
+            export(cfg, Path(finished))  # an export that failed in the previous attempt is retried
+        return 0
     tokenizer = load_tokenizer(cfg)
 
     # -- data: the prepared cache when every rank has it, else load + format (+ TRL prepares) --
@@ -191,6 +202,28 @@ def train(cfg: JobConfig, stop: ckpt.StopFlag) -> int:
     summary.append(f"output {out}" + (f", exported to {exported}" if exported else ""))
     log.info(", ".join(summary))
     return 0
+
+
+def _finished_output(cfg: JobConfig) -> str | None:
+    """The run's output folder when an earlier attempt completed it with this same config."""
+    if cfg.training.resume == "never":
+        return None
+    from ..volume import read_json
+    from .output import MANIFEST
+
+    manifest = read_json(Path(cfg.output_dir) / MANIFEST)
+    if not manifest or _what_is_trained(manifest.get("config") or {}) != _what_is_trained(cfg.to_dict()):
+        return None
+    return cfg.output_dir
+
+
+def _what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without what does not change the trained output: endpoints, download and export settings."""
+    c = json.loads(json.dumps(config))
+    for section, key in (("model", "s3"), ("dataset", "s3"), ("output", "export")):
+        (c.get(section) or {}).pop(key, None)
+    c.pop("download", None)
+    return c
 
 
 def _local_view(cfg: JobConfig, rank0_path: str) -> str:
