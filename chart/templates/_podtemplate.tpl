@@ -80,7 +80,7 @@ spec:
       env:
         # Seconds torchrun gives the workers to checkpoint after SIGTERM (inside the pod's grace period).
         - name: TORCH_ELASTIC_SHUTDOWN_TIMEOUT
-          value: {{ max 5 (sub (int $v.job.terminationGracePeriodSeconds) 10) | quote }}
+          value: {{ $grace := int $v.job.terminationGracePeriodSeconds }}{{ min $grace (max 5 (sub $grace 10)) | quote }}
         {{- include "llm-finetune.env" (dict "root" $root "extra" $v.job.env) | nindent 8 }}
       resources:
         {{- include "llm-finetune.resources" $v.job.resources | nindent 8 }}
@@ -115,6 +115,9 @@ spec:
       {{- else }}
       persistentVolumeClaim:
         claimName: {{ $claim }}
+        {{- if $readOnlyWorkspace }}
+        readOnly: true  {{- /* attached read-only: ReadWriteOnce + ReadOnlyMany claims work on many nodes */}}
+        {{- end }}
       {{- end }}
     {{- if $outputClaim }}
     - name: output

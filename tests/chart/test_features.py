@@ -65,8 +65,9 @@ def test_run_policy_restart_policy_and_scheduling(helm):
         assert spec["terminationGracePeriodSeconds"] == 600
         # torchrun gives the workers the grace period, less a margin, to checkpoint after SIGTERM
         assert env(container(spec, "pytorch"))["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"] == "590"
-    assert env(container(pod_spec(render(helm, {"job": {"terminationGracePeriodSeconds": 3}}), "Master"),
-                         "pytorch"))["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"] == "5"
+    for grace, want in ((12, "5"), (3, "3"), (0, "0")):  # never longer than the grace period
+        assert env(container(pod_spec(render(helm, {"job": {"terminationGracePeriodSeconds": grace}}), "Master"),
+                             "pytorch"))["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"] == want
     # nulls (the defaults) are left out rather than rendered as null
     assert pytorchjob(render(helm))["spec"]["runPolicy"] == {"cleanPodPolicy": "None", "backoffLimit": 3}
 
@@ -79,12 +80,14 @@ def test_shared_mode_initializer_on_master_workers_wait_read_only(helm):
     for spec in (master, worker):
         assert [c["name"] for c in spec["initContainers"]] == ["storage-initializer"]
         assert [c["name"] for c in spec["containers"]] == ["pytorch"]
-        assert volumes(spec)["workspace"]["persistentVolumeClaim"] == {"claimName": claim}
+        assert volumes(spec)["workspace"]["persistentVolumeClaim"]["claimName"] == claim
         assert container(spec, "pytorch")["command"] == TRAIN_CMD
     assert container(master, "storage-initializer")["command"] == INIT_CMD
     assert container(worker, "storage-initializer")["command"] == INIT_CMD + ["--wait"]
     for c in all_containers(master):
         assert not mounts(c)["/workspace"].get("readOnly")
+    # the claim is attached read-only on Workers (volume level), not only mounted read-only
+    assert volumes(worker)["workspace"]["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
     for c in all_containers(worker):
         assert mounts(c)["/workspace"]["readOnly"] is True
         assert mounts(c)["/etc/llm-finetune"]["readOnly"] is True

@@ -24,7 +24,7 @@ INTENDED_DIFFERENCES = {
     "claim-name": "the claim is <fullname>-workspace per release, not per job: a new runId reuses the downloads",
     "worker-init": "Workers get an init container `initialize --wait`: they start training only after the "
                    "Master's download is complete (the v1 reference lets them race a half-written volume)",
-    "worker-read-only": "Workers mount the claim read-only in shared mode",
+    "worker-read-only": "Workers mount the claim read-only in shared mode, and attach it read-only (volume readOnly)",
     "argv": "containers run `command` with --config (a ConfigMap), not JSON blobs in args",
     "secrets": "tokens and keys are env from secretKeyRef, never in argv (the v1 reference puts them in args)",
     "extra-volumes": "config (ConfigMap), tmp (emptyDir for the read-only root filesystem), dshm (/dev/shm)",
@@ -221,7 +221,8 @@ def test_volumes_and_mounts(pair):
         assert volumes(sdk_pod) == {"storage-initializer": {
             "name": "storage-initializer", "persistentVolumeClaim": {"claimName": sdk_claim}}}
         ours = volumes(our_pod)
-        assert ours["workspace"]["persistentVolumeClaim"] == {"claimName": our_claim}  # "volume-name"
+        read_only = {"readOnly": True} if role == "Worker" else {}  # "worker-read-only"
+        assert ours["workspace"]["persistentVolumeClaim"] == {"claimName": our_claim, **read_only}  # "volume-name"
         assert set(ours) - {"workspace"} == {"config", "tmp", "dshm"}  # "extra-volumes"
         for sdk_c in (sdk_pod.get("initContainers") or []) + sdk_pod["containers"]:
             sdk_mount = mounts(sdk_c)["/workspace"]

@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from . import __version__
+from .errors import EXIT_USAGE
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         _top_parser().parse_args(argv)  # prints usage or the error, exits 2
-        return 2  # pragma: no cover
+        return EXIT_USAGE  # pragma: no cover
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)

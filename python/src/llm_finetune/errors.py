@@ -102,14 +102,6 @@ def write_termination_message(message: str) -> None:
         pass
 
 
-def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, FinetuneError):
-        return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    return EXIT_INTERNAL_ERROR
-
-
 def guarded(step: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Decorate a command's main: map exceptions to exit codes and a termination message.
 

@@ -21,10 +21,6 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def is_main_process() -> bool:
-    return process_rank() == 0
-
-
 class RedactSecrets(logging.Filter):
     """Replace the values of secret environment variables in every record."""
 

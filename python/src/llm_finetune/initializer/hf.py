@@ -74,7 +74,7 @@ class HubProvider(Provider):
 
         req, repo_id = self.request, self.repo_id
         quiet_library_loggers()
-        api = HfApi(token=_token())
+        api = HfApi(token=hf_token())
         sha = self._call(lambda: api.repo_info(repo_id, repo_type=self.repo_type, revision=req.revision or None).sha,
                          "resolve revision of")
         log.info("%s: revision %r is commit %s", req.uri, req.revision or "main", sha)
@@ -136,7 +136,7 @@ class HubProvider(Provider):
             snapshot_download(self.repo_id, repo_type=self.repo_type, revision=sha, local_dir=target,
                               cache_dir=self.ctx.tmp_dir / "hub-cache", allow_patterns=allow,
                               ignore_patterns=ignore, max_workers=max(1, self.ctx.download.concurrency),
-                              token=_token())
+                              token=hf_token())
             bad = [f.path for f in selected if not _has_size(target / f.path, f.size)]
             if bad:
                 for p in bad:
@@ -156,7 +156,7 @@ class HubProvider(Provider):
 
         def attempt():
             return datasets.load_dataset(self.repo_id, req.name or None, split=req.split, revision=sha,
-                                         cache_dir=str(self.ctx.tmp_dir / "datasets-cache"), token=_token())
+                                         cache_dir=str(self.ctx.tmp_dir / "datasets-cache"), token=hf_token())
 
         log.info("%s: materializing split %r%s", req.uri, req.split, f" of config {req.name!r}" if req.name else "")
         ds = self._call(attempt, f"load split {req.split!r} of")
@@ -173,10 +173,10 @@ class HubProvider(Provider):
         from huggingface_hub import errors as he
 
         req = self.request
-        token = _token()
+        token = hf_token()
         where = req.uri
         if isinstance(exc, he.GatedRepoError):
-            status = _status(exc)
+            status = http_status(exc)
             if not token:
                 return UserError(f"{where} is a gated repo and no token is set", field=f"{req.field}.uri",
                                  hint="set secrets.hf.existingSecret to a Secret with a token that has access")
@@ -190,7 +190,7 @@ class HubProvider(Provider):
             return UserError(f"{where} not found (or private)", field=f"{req.field}.uri",
                              hint="check the repo id; for a private repo set secrets.hf.existingSecret (HF_TOKEN)")
         if isinstance(exc, he.HfHubHTTPError):
-            status = _status(exc)
+            status = http_status(exc)
             if status == 429 or status >= 500:
                 return None
             if status in (401, 403):
@@ -208,7 +208,7 @@ class HubProvider(Provider):
             # snapshot_download hides the network error behind "not found locally".
             cause = exc.__cause__ or exc.__context__
             return self._classify(cause) if cause is not None else None
-        if isinstance(exc, (IncompleteDownload, ConnectionError, TimeoutError)) or _is_transport_error(exc):
+        if isinstance(exc, (IncompleteDownload, ConnectionError, TimeoutError)) or is_transport_error(exc):
             return None
         if req.kind == "dataset" and (type(exc).__module__.startswith("datasets") or isinstance(exc, ValueError)):
             return UserError(f"cannot load {where}: {describe(exc)}",
@@ -247,16 +247,16 @@ def quiet_library_loggers() -> None:
             lib.removeHandler(handler)
 
 
-def _token() -> str | None:
+def hf_token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
-def _status(exc: BaseException) -> int:
+def http_status(exc: BaseException) -> int:
     response = getattr(exc, "response", None)
     return int(getattr(response, "status_code", 0) or 0)
 
 
-def _is_transport_error(exc: BaseException) -> bool:
+def is_transport_error(exc: BaseException) -> bool:
     """httpx(2) transport errors (connect/read/protocol), without importing a specific httpx."""
     return any(c.__name__ == "TransportError" and c.__module__.startswith("httpx") for c in type(exc).__mro__)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import EXIT_TERMINATED, ConfigError, FinetuneError
 from ..initializer.base import walk_files
-from ..volume import atomic_write_json
+from ..volume import atomic_write_json, read_json
 
 log = logging.getLogger("llm_finetune.trainer")
 
@@ -68,11 +68,8 @@ def mark_complete(path: str | os.PathLike[str], step: int) -> None:
 
 
 def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    try:
-        data = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
+    data = read_json(Path(path) / MARKER)
+    return data if data is not None and isinstance(data.get("files"), list) else None
 
 
 def incomplete_reason(path: str | os.PathLike[str], files: list[dict[str, Any]] | None = None) -> str | None:

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..config import CAUSAL_LM, JobConfig, to_dict
 from ..errors import ConfigError, FinetuneError, UserError
-from ..initializer.base import walk_files
+from ..initializer.base import sha256_file, walk_files
 from ..initializer.retry import describe
 from ..volume import read_manifest
 
@@ -287,14 +287,6 @@ def load_splits(cfg: JobConfig, tokenizer, scratch: Path, seed: int) -> Splits:
 # ---------------------------------------------------------------------------
 # Cache of prepared datasets
 # ---------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(cfg: JobConfig, extra: dict[str, Any]) -> str:
     """Identity of the prepared data: dataset version, tokenizer files, data config, task, versions."""
     import datasets
@@ -311,7 +303,7 @@ def fingerprint(cfg: JobConfig, extra: dict[str, Any]) -> str:
         names = walk_files(root) if root.is_dir() else ["."]
         source = [(n, (root / n).stat().st_size, (root / n).stat().st_mtime_ns) for n in names if (root / n).exists()]
     model_dir = Path(cfg.model_dir)
-    tokenizer = {n: _sha256(model_dir / n) for n in TOKENIZER_FILES if (model_dir / n).is_file()}
+    tokenizer = {n: sha256_file(model_dir / n) for n in TOKENIZER_FILES if (model_dir / n).is_file()}
     identity = {"source": source, "tokenizer": tokenizer, "data": to_dict(cfg.data), "task": cfg.task,
                 "numLabels": cfg.model.num_labels, "versions": [__version__, trl.__version__, transformers.__version__,
                                                                  datasets.__version__], **extra}

@@ -14,13 +14,13 @@ export failure always fails the command.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from ..config import JobConfig
 from ..errors import ConfigError, UserError
 from ..initializer.base import walk_files
 from ..initializer.retry import RetryPolicy, describe
+from .output import MANIFEST
 
 log = logging.getLogger("llm_finetune.trainer")
 FIELD = "output.export"
@@ -49,7 +49,7 @@ def _to_s3(cfg: JobConfig, folder: Path, uri: str, policy: RetryPolicy) -> None:
     prefix = prefix.strip("/")
     client = make_client(cfg.output.export.s3, retries=0)
     names = walk_files(folder)
-    ordered = [n for n in names if n != "manifest.json"] + [n for n in names if n == "manifest.json"]
+    ordered = [n for n in names if n != MANIFEST] + [n for n in names if n == MANIFEST]  # the manifest last
 
     def classify(exc: BaseException):
         # boto3's upload_file re-raises a ClientError as S3UploadFailedError (the original as context).
@@ -68,23 +68,22 @@ def _to_hub(cfg: JobConfig, folder: Path, uri: str, policy: RetryPolicy) -> None
     from huggingface_hub import create_repo, upload_folder
     from huggingface_hub import errors as he
 
-    from ..initializer.hf import parse_hf_uri
+    from ..initializer.hf import hf_token, http_status, is_transport_error, parse_hf_uri
 
     repo_id = parse_hf_uri(uri, f"{FIELD}.uri")
-    token = os.environ.get("HF_TOKEN")
+    token = hf_token()
     if not token:
         raise UserError(f"exporting to {uri} needs a Hub token and HF_TOKEN is not set", field=f"{FIELD}.uri",
                         hint="set secrets.hf.existingSecret to a Secret holding a token with write access")
 
     def classify(exc: BaseException):
         if isinstance(exc, he.HfHubHTTPError):
-            status = int(getattr(getattr(exc, "response", None), "status_code", 0) or 0)
+            status = http_status(exc)
             if status == 429 or status >= 500:
                 return None
             return UserError(f"the Hub refused the export to {uri} ({status}): {describe(exc)}", field=f"{FIELD}.uri",
                              hint="check the token's write access and the repo name")
-        if isinstance(exc, (ConnectionError, TimeoutError)) or any(
-                c.__name__ == "TransportError" for c in type(exc).__mro__):
+        if isinstance(exc, (ConnectionError, TimeoutError)) or is_transport_error(exc):
             return None
         return exc
 

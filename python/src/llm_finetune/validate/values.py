@@ -33,7 +33,6 @@ from . import strvals
 SCHEMA_FILE = "values.schema.json"
 VALUES_FILE = "values.yaml"
 CHART_FILE = "Chart.yaml"
-PACKAGED_CHART_FILES = (CHART_FILE, VALUES_FILE, SCHEMA_FILE)
 
 
 class _HelmYamlLoader(yaml.SafeLoader):
