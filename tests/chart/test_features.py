@@ -400,6 +400,11 @@ def test_preflight_hook(helm):
     assert e["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert e["PREFLIGHT_SECRETS"]["value"] == ("hf-token:token,s3-creds:AWS_ACCESS_KEY_ID,"
                                                "s3-creds:AWS_SECRET_ACCESS_KEY,s3-creds:session")
+    # preflight checks exactly the Secret keys the job's pods read
+    refs = {(x["valueFrom"]["secretKeyRef"]["name"], x["valueFrom"]["secretKeyRef"]["key"])
+            for role in ("Master", "Worker") for cont in all_containers(pod_spec(docs, role))
+            for x in cont.get("env") or [] if "secretKeyRef" in x.get("valueFrom", {})}
+    assert {tuple(p.split(":")) for p in e["PREFLIGHT_SECRETS"]["value"].split(",")} == refs
     assert e["PREFLIGHT_CLAIM"]["value"] == "models" and e["PREFLIGHT_NUM_WORKERS"]["value"] == "3"
     assert volumes(spec)["config"]["configMap"]["name"] == name
     assert mounts(c)["/etc/llm-finetune-preflight"]["readOnly"] is True
