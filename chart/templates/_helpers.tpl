@@ -86,7 +86,7 @@ app.kubernetes.io/part-of: llm-finetune
 {{- end }}
 {{- end }}
 
-{{/* The claim at /workspace (shared mode) or /output (perPod mode); empty when there is none. */}}
+{{/* The claim: the workspace (shared mode) or the output (perPod + outputToClaim); empty when there is none. */}}
 {{- define "llm-finetune.claimName" -}}
 {{- if or (eq .Values.storage.mode "shared") .Values.storage.perPod.outputToClaim }}
 {{- default (printf "%s-workspace" (include "llm-finetune.fullname" .)) .Values.storage.existingClaim }}
@@ -123,13 +123,19 @@ app.kubernetes.io/part-of: llm-finetune
 {{- end }}
 
 {{/*
-The run folder: on the claim at /workspace (shared), or at /output on the Master
-(perPod + outputToClaim); perPod without the claim keeps it on the pod's volume.
+Where the claim is mounted: /workspace in shared mode (the claim is the workspace), /output
+in perPod mode (each pod has its own /workspace). The pods, the run path, the helm-test pod
+and NOTES.txt all mount or name the claim here.
 */}}
+{{- define "llm-finetune.claimMountPath" -}}
+{{- eq .Values.storage.mode "perPod" | ternary "/output" "/workspace" }}
+{{- end }}
+
+{{/* The run folder: on the claim, or on the pod's /workspace when perPod mode keeps no claim. */}}
 {{- define "llm-finetune.runPath" -}}
 {{- $root := "/workspace" }}
-{{- if and (eq .Values.storage.mode "perPod") .Values.storage.perPod.outputToClaim }}
-{{- $root = "/output" }}
+{{- if include "llm-finetune.claimName" . }}
+{{- $root = include "llm-finetune.claimMountPath" . }}
 {{- end }}
 {{- printf "%s/runs/%s" $root (include "llm-finetune.jobName" .) }}
 {{- end }}
@@ -161,90 +167,6 @@ The run folder: on the claim at /workspace (shared), or at /output on the Master
 
 {{- define "llm-finetune.configMapName" -}}
 {{- printf "%s-config-%s" (include "llm-finetune.jobName" .) (include "llm-finetune.configChecksum" .) }}
-{{- end }}
-
-{{/*
-Env of every job container: (dict "root" $ "extra" <list of EnvVar>). Writable homes and
-caches under /tmp (read-only root filesystem), then secrets by reference only, then extra.
-*/}}
-{{- define "llm-finetune.env" -}}
-{{- $v := .root.Values -}}
-- name: HOME
-  value: /tmp
-- name: XDG_CACHE_HOME
-  value: /tmp/.cache
-- name: HF_HOME
-  value: /tmp/hf-home
-- name: TRITON_CACHE_DIR
-  value: /tmp/.triton
-- name: MPLCONFIGDIR
-  value: /tmp/.mpl
-- name: HF_HUB_DISABLE_PROGRESS_BARS
-  value: "1"
-- name: HF_HUB_DISABLE_TELEMETRY
-  value: "1"
-- name: PYTHONUNBUFFERED
-  value: "1"
-{{- if $v.secrets.hf.existingSecret }}
-{{ include "llm-finetune.secretEnv" (dict "name" "HF_TOKEN" "secret" $v.secrets.hf.existingSecret "key" $v.secrets.hf.tokenKey) }}
-{{- end }}
-{{- if $v.secrets.s3.existingSecret }}
-{{ include "llm-finetune.secretEnv" (dict "name" "AWS_ACCESS_KEY_ID" "secret" $v.secrets.s3.existingSecret "key" $v.secrets.s3.accessKeyIdKey) }}
-{{ include "llm-finetune.secretEnv" (dict "name" "AWS_SECRET_ACCESS_KEY" "secret" $v.secrets.s3.existingSecret "key" $v.secrets.s3.secretAccessKeyKey) }}
-{{- if $v.secrets.s3.sessionTokenKey }}
-{{ include "llm-finetune.secretEnv" (dict "name" "AWS_SESSION_TOKEN" "secret" $v.secrets.s3.existingSecret "key" $v.secrets.s3.sessionTokenKey) }}
-{{- end }}
-{{- end }}
-{{- with .extra }}
-{{ toYaml . }}
-{{- end }}
-{{- end }}
-
-{{- define "llm-finetune.secretEnv" -}}
-- name: {{ .name }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ .secret | quote }}
-      key: {{ .key | quote }}
-{{- end }}
-
-{{/*
-Container resources with every quantity as a string (the API's and the SDK's type):
-{requests, limits}, or the v1 SDK's shorthand {cpu, memory, gpu} (gpu = nvidia.com/gpu,
-requests = limits, as kubeflow-training's utils.get_container_spec).
-*/}}
-{{- define "llm-finetune.resources" -}}
-{{- $out := dict }}
-{{- if or (hasKey . "requests") (hasKey . "limits") }}
-{{- range $kind, $list := . }}
-{{- $quantities := dict }}
-{{- range $name, $value := $list }}
-{{- $_ := set $quantities $name (toString $value) }}
-{{- end }}
-{{- $_ := set $out $kind $quantities }}
-{{- end }}
-{{- else if . }}
-{{- $quantities := dict }}
-{{- range $name, $value := . }}
-{{- $_ := set $quantities (eq $name "gpu" | ternary "nvidia.com/gpu" $name) (toString $value) }}
-{{- end }}
-{{- $out = dict "requests" $quantities "limits" $quantities }}
-{{- end }}
-{{- toYaml $out }}
-{{- end }}
-
-{{/* Volume mounts of every job container; the argument: whether /workspace is read-only. */}}
-{{- define "llm-finetune.commonMounts" -}}
-- name: workspace
-  mountPath: /workspace
-  {{- if . }}
-  readOnly: true
-  {{- end }}
-- name: config
-  mountPath: /etc/llm-finetune
-  readOnly: true
-- name: tmp
-  mountPath: /tmp
 {{- end }}
 
 {{/*

@@ -15,28 +15,18 @@ Pod template of a PyTorchJob replica: (dict "root" $ "role" "Master"|"Worker").
 {{- $readOnlyWorkspace := and (not $perPod) (not $master) }}
 {{- $claim := include "llm-finetune.claimName" $root }}
 {{- $outputClaim := and $perPod $master $claim }}
-{{- $config := list "--config" "/etc/llm-finetune/config.yaml" }}
-{{- $initCommand := concat (list "llm-finetune" "initialize") $config }}
-{{- if $readOnlyWorkspace }}
-{{- $initCommand = append $initCommand "--wait" }}
-{{- end }}
-{{- $mounts := include "llm-finetune.commonMounts" $readOnlyWorkspace -}}
+{{- $workspace := list (dict "name" "workspace" "mountPath" "/workspace" "readOnly" $readOnlyWorkspace) }}
+{{- $trainerMounts := list (dict "name" "dshm" "mountPath" "/dev/shm") }}
+{{- if $outputClaim }}
+{{- $trainerMounts = prepend $trainerMounts (dict "name" "output" "mountPath" (include "llm-finetune.claimMountPath" $root)) }}
+{{- end -}}
 metadata:
   labels:
     {{- include "llm-finetune.componentLabels" (dict "root" $root "component" "trainer" "extra" $v.job.podLabels) | nindent 4 }}
   annotations:
-    {{- toYaml (merge (dict "checksum/config" (include "llm-finetune.configChecksum" $root)) $v.job.podAnnotations (dict "sidecar.istio.io/inject" "false")) | nindent 4 }}
+    {{- include "llm-finetune.podAnnotations" (dict "extra" (merge (dict "checksum/config" (include "llm-finetune.configChecksum" $root)) $v.job.podAnnotations)) | nindent 4 }}
 spec:
-  {{- with (include "llm-finetune.imagePullSecrets" $root) }}
-  imagePullSecrets:
-    {{- . | nindent 4 }}
-  {{- end }}
-  {{- with (include "llm-finetune.serviceAccountName" $root) }}
-  serviceAccountName: {{ . }}
-  {{- end }}
-  automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
-  securityContext:
-    {{- toYaml $v.podSecurityContext | nindent 4 }}
+  {{- include "llm-finetune.podSpecCommon" (dict "root" $root "serviceAccountName" (include "llm-finetune.serviceAccountName" $root) "automountToken" $v.serviceAccount.automountServiceAccountToken) | nindent 2 }}
   terminationGracePeriodSeconds: {{ int64 $v.job.terminationGracePeriodSeconds }}
   {{- with $v.job.priorityClassName }}
   priorityClassName: {{ . }}
@@ -57,44 +47,14 @@ spec:
     {{- toYaml . | nindent 4 }}
   {{- end }}
   initContainers:
-    - name: storage-initializer
-      image: {{ include "llm-finetune.image" (dict "image" $v.images.initializer "root" $root) }}
-      imagePullPolicy: {{ $v.images.initializer.pullPolicy }}
-      command:
-        {{- toYaml $initCommand | nindent 8 }}
-      env:
-        {{- include "llm-finetune.env" (dict "root" $root "extra" $v.initializer.env) | nindent 8 }}
-      resources:
-        {{- include "llm-finetune.resources" $v.initializer.resources | nindent 8 }}
-      securityContext:
-        {{- toYaml $v.securityContext | nindent 8 }}
-      terminationMessagePolicy: FallbackToLogsOnError
-      volumeMounts:
-        {{- $mounts | nindent 8 }}
+    {{- include "llm-finetune.container" (dict "root" $root "name" "storage-initializer" "image" $v.images.initializer
+          "command" "initialize" "flags" ($readOnlyWorkspace | ternary (list "--wait") (list))
+          "env" (include "llm-finetune.env" (dict "root" $root "extra" $v.initializer.env))
+          "resources" $v.initializer.resources "mounts" $workspace) | nindent 4 }}
   containers:
-    - name: pytorch
-      image: {{ include "llm-finetune.image" (dict "image" $v.images.trainer "root" $root) }}
-      imagePullPolicy: {{ $v.images.trainer.pullPolicy }}
-      command:
-        {{- toYaml (concat (list "llm-finetune" "launch") $config) | nindent 8 }}
-      env:
-        # Seconds torchrun gives the workers to checkpoint after SIGTERM (inside the pod's grace period).
-        - name: TORCH_ELASTIC_SHUTDOWN_TIMEOUT
-          value: {{ $grace := int $v.job.terminationGracePeriodSeconds }}{{ min $grace (max 5 (sub $grace 10)) | quote }}
-        {{- include "llm-finetune.env" (dict "root" $root "extra" $v.job.env) | nindent 8 }}
-      resources:
-        {{- include "llm-finetune.resources" $v.job.resources | nindent 8 }}
-      securityContext:
-        {{- toYaml $v.securityContext | nindent 8 }}
-      terminationMessagePolicy: FallbackToLogsOnError
-      volumeMounts:
-        {{- $mounts | nindent 8 }}
-        {{- if $outputClaim }}
-        - name: output
-          mountPath: /output
-        {{- end }}
-        - name: dshm
-          mountPath: /dev/shm
+    {{- include "llm-finetune.container" (dict "root" $root "name" "pytorch" "image" $v.images.trainer "command" "launch"
+          "env" (include "llm-finetune.trainerEnv" $root) "resources" $v.job.resources
+          "mounts" $workspace "mountsAfter" $trainerMounts) | nindent 4 }}
   volumes:
     - name: workspace
       {{- if $perPod }}
@@ -124,13 +84,19 @@ spec:
       persistentVolumeClaim:
         claimName: {{ $claim }}
     {{- end }}
-    - name: config
-      configMap:
-        name: {{ include "llm-finetune.configMapName" $root }}
-    - name: tmp
-      emptyDir: {}
+    {{- include "llm-finetune.podVolumes" (dict "configMap" (include "llm-finetune.configMapName" $root)) | nindent 4 }}
     - name: dshm
       emptyDir:
         medium: Memory
         sizeLimit: {{ $v.job.shmSizeLimit }}
+{{- end }}
+
+
+{{/* Env of the trainer container: the shutdown timeout, then the env of every job container. */}}
+{{- define "llm-finetune.trainerEnv" -}}
+{{- $grace := int .Values.job.terminationGracePeriodSeconds -}}
+# Seconds torchrun gives the workers to checkpoint after SIGTERM (inside the pod's grace period).
+- name: TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+  value: {{ min $grace (max 5 (sub $grace 10)) | quote }}
+{{ include "llm-finetune.env" (dict "root" . "extra" .Values.job.env) }}
 {{- end }}
