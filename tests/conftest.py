@@ -74,7 +74,7 @@ def hf_hub():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny Llama + BPE tokenizer with a chat template (built once per session, read-only use)."""
-    from llm_finetune.demo import build_tiny_model
+    from llm_finetune.local.demo_assets import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
 
@@ -82,7 +82,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_dataset_dir(tmp_path_factory) -> Path:
     """Alpaca-style train.jsonl/test.jsonl (instruction, input, output)."""
-    from llm_finetune.demo import write_dataset
+    from llm_finetune.local.demo_assets import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("demo-dataset") / "dataset", n_train=200, n_eval=20)
 

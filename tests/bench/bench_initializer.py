@@ -32,11 +32,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python" / "src"))
 
-from llm_finetune.config import DownloadConfig, load_config  # noqa: E402
+from llm_finetune.core.config import DownloadConfig, load_config  # noqa: E402
 from llm_finetune.initializer.base import Context, Request  # noqa: E402
 from llm_finetune.initializer.command import initialize_one  # noqa: E402
 from llm_finetune.local.s3server import start_s3_server  # noqa: E402
-from llm_finetune.volume import read_manifest  # noqa: E402
+from llm_finetune.core.volume import read_manifest  # noqa: E402
 
 BUCKET = "bench"
 MiB = 1 << 20
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     n_small = args.small or (100 if args.quick else 500)
     large_mib = args.large_mib or (128 if args.quick else 1024)
     os.environ.setdefault("LLM_FINETUNE_LOG_LEVEL", "WARNING")
-    from llm_finetune.log import setup_logging
+    from llm_finetune.core.log import setup_logging
 
     setup_logging()
 

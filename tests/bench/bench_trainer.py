@@ -1,6 +1,6 @@
 """Benchmark: one epoch of our trainer vs a v1-reference-style trainer configuration.
 
-Same tiny Llama (``llm_finetune.demo``), same Alpaca-like instruction data (``demo.make_samples`` joined into
+Same tiny Llama (``llm_finetune.local.demo_assets``), same Alpaca-like instruction data (``demo.make_samples`` joined into
 samples of a few dozen to a few hundred tokens, long tail), same max length, batch size, LoRA settings, learning rate
 and seed, CPU, one process, one epoch each, in this process:
 
@@ -33,7 +33,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from llm_finetune.demo import ALPACA_TEMPLATE, build_tiny_model, make_samples  # noqa: E402
+from llm_finetune.local.demo_assets import ALPACA_TEMPLATE, build_tiny_model, make_samples  # noqa: E402
 
 MAX_LENGTH = 1024  # the chart's default data.maxSeqLength
 BATCH = 4
@@ -117,7 +117,7 @@ def ours(model_dir: Path, data_dir: Path, out: Path) -> tuple[float, Counter]:
     import trl.trainer.sft_trainer as sft
     import yaml
 
-    from llm_finetune.config import load_config
+    from llm_finetune.core.config import load_config
     from llm_finetune.trainer.checkpoints import StopFlag
     from llm_finetune.trainer.run import train
 
@@ -159,7 +159,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--samples", type=int, default=None)
     opts = parser.parse_args(argv)
     n = opts.samples or (600 if opts.quick else 2000)
-    from llm_finetune.log import setup_logging
+    from llm_finetune.core.log import setup_logging
 
     setup_logging("WARNING")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from fixtures.render import CHART, find, job_config_text, pytorchjob, render, render_text
-from llm_finetune import config as C
-from llm_finetune.helm import template
+from llm_finetune.core import config as C
+from llm_finetune.core.helm import template
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = REPO / "values-examples"
@@ -161,7 +161,7 @@ def _leaves(node, prefix=()):
 
 @pytest.mark.parametrize("case", CASES)
 def test_job_config_loads_with_the_images_loader(helm4, case, argocd_values, tmp_path):
-    """The chart <-> code contract: config.yaml is what llm_finetune.config.load_config accepts,
+    """The chart <-> code contract: config.yaml is what llm_finetune.core.config.load_config accepts,
     and every config-section value of the values file reaches it unchanged (types included)."""
     files = _files(case, argocd_values)
     docs = render(helm4, files=files)

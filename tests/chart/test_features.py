@@ -9,8 +9,8 @@ import yaml
 
 from fixtures.render import (CHART, container, env, find, job_config, job_configmap, mounts, one, pod_spec,
                              pytorchjob, render, volumes)
-from llm_finetune.errors import UserError
-from llm_finetune.helm import template
+from llm_finetune.core.errors import UserError
+from llm_finetune.core.helm import template
 
 INIT_CMD = ["llm-finetune", "initialize", "--config", "/etc/llm-finetune/config.yaml"]
 TRAIN_CMD = ["llm-finetune", "launch", "--config", "/etc/llm-finetune/config.yaml"]

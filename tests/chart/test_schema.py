@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from fixtures.render import CHART, job_config_text, render
-from llm_finetune import config as C
-from llm_finetune.errors import UserError
+from llm_finetune.core import config as C
+from llm_finetune.core.yamlio import yaml_load
+from llm_finetune.core.errors import UserError
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -228,7 +229,7 @@ def test_config_sections_match_the_python_dataclasses(section):
 
 
 def test_chart_computed_config_keys_match_the_dataclasses(helm4):
-    config = C.yaml_load(job_config_text(render(helm4)))
+    config = yaml_load(job_config_text(render(helm4)))
     assert set(config) == set(C.schema_fields(C.JobConfig))
     for key, cls in (("run", C.RunConfig), ("paths", C.PathsConfig), ("storage", C.StorageConfig)):
         assert set(config[key]) == set(C.schema_fields(cls)), key  # all set by the chart, none defaulted

@@ -27,7 +27,7 @@ def write_manifest(out_dir, kind):
 def outputs(tmp_path_factory, tiny_model_dir, helm4):
     """Real outputs of the trainer (`python -m llm_finetune train`, 3 steps on the tiny model):
     a LoRA adapter and a full fine-tune, as the helm test pod finds them on the claim."""
-    from llm_finetune.demo import ALPACA_TEMPLATE, write_dataset
+    from llm_finetune.local.demo_assets import ALPACA_TEMPLATE, write_dataset
 
     root = tmp_path_factory.mktemp("outputs")
     ws = root / "ws"

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from initializer.helpers import run_cli, tree_digest, write_config
-from llm_finetune.config import load_config
+from llm_finetune.core.config import load_config
 from llm_finetune.initializer.base import Request
 from llm_finetune.initializer.command import wait_for_volume
-from llm_finetune.volume import read_manifest, write_manifest
+from llm_finetune.core.volume import read_manifest, write_manifest
 
 
 def _complete(cfg, kind: str, request: Request | None = None) -> None:

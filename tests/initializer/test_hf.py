@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from initializer.helpers import run_cli, tree_digest, write_config
-from llm_finetune.initializer.layout import dataset_load_spec, load_dataset_dict
-from llm_finetune.volume import read_manifest
+from llm_finetune.core.layout import dataset_load_spec, load_dataset_dict
+from llm_finetune.core.volume import read_manifest
 
 GOOD_TOKEN = "hf_good_token_0123456789"
 
@@ -180,7 +180,7 @@ def test_default_model_patterns(repo, trust, chosen):
     """Safetensors + config/tokenizer files; *.py only with trustRemoteCode; *.bin only without safetensors."""
     from huggingface_hub.utils import filter_repo_objects
 
-    from llm_finetune.config import DownloadConfig
+    from llm_finetune.core.config import DownloadConfig
     from llm_finetune.initializer.base import Context, Request
     from llm_finetune.initializer.hf import HubProvider
 

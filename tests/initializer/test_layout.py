@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from llm_finetune.config import S3Settings
-from llm_finetune.errors import ExternalError, UserError
+from llm_finetune.core.config import S3Settings
+from llm_finetune.core.errors import ExternalError, UserError
 from llm_finetune.initializer.base import Request, matches, prune, safe_relpath
-from llm_finetune.initializer.layout import dataset_load_spec, load_dataset_dict, split_of
-from llm_finetune.initializer.retry import RetryPolicy
+from llm_finetune.core.layout import dataset_load_spec, load_dataset_dict, split_of
+from llm_finetune.core.retry import RetryPolicy
 
 
 @pytest.mark.parametrize("path,split", [
@@ -93,7 +93,7 @@ def test_layout_module_imports_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, llm_finetune.initializer.layout, llm_finetune.initializer.command; "
+    code = ("import sys, llm_finetune.core.layout, llm_finetune.initializer.command; "
             "print(sorted(m for m in ('boto3', 'huggingface_hub', 'datasets', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

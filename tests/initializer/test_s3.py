@@ -14,13 +14,13 @@ import pytest
 from initializer.conftest import BUCKET
 from initializer.faultproxy import FaultProxy
 from initializer.helpers import CLI, run_cli, tree_digest, write_config
-from llm_finetune.config import load_config
-from llm_finetune.errors import UserError
+from llm_finetune.core.config import load_config
+from llm_finetune.core.errors import UserError
 from llm_finetune.initializer.base import JOURNAL_NAME
 from llm_finetune.initializer.command import initialize
-from llm_finetune.initializer.layout import load_dataset_dict
+from llm_finetune.core.layout import load_dataset_dict
 from llm_finetune.initializer.s3 import S3Provider
-from llm_finetune.volume import read_manifest
+from llm_finetune.core.volume import read_manifest
 
 
 def s3(endpoint: str, uri: str, **extra) -> dict:

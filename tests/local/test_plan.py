@@ -17,8 +17,8 @@ import yaml
 from fixtures.render import CHART
 
 REPO = CHART.parent
-from llm_finetune import helm as H
-from llm_finetune.errors import UserError
+from llm_finetune.core import helm as H
+from llm_finetune.core.errors import UserError
 from llm_finetune.local.plan import build_plan, operator_env
 
 DEMO = REPO / "values-examples" / "local-demo.yaml"

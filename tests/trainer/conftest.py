@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_finetune.volume import write_manifest
+from llm_finetune.core.volume import write_manifest
 from trainer.helpers import dataset_dir
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from llm_finetune.demo import ALPACA_TEMPLATE, write_dataset
-from llm_finetune.volume import write_manifest
+from llm_finetune.local.demo_assets import ALPACA_TEMPLATE, write_dataset
+from llm_finetune.core.volume import write_manifest
 
 PYTHON = sys.executable
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_finetune.demo import make_samples
-from llm_finetune.volume import write_manifest
+from llm_finetune.local.demo_assets import make_samples
+from llm_finetune.core.volume import write_manifest
 from trainer.helpers import make_config, output_manifest, run_dir, run_trainer, trainer_env
 
 pytestmark = pytest.mark.slow

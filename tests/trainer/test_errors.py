@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from llm_finetune.demo import ALPACA_TEMPLATE
+from llm_finetune.local.demo_assets import ALPACA_TEMPLATE
 from trainer.helpers import INSTRUCTION_DATA, make_config, run_trainer, trainer_env
 
 CASES = {
@@ -78,8 +78,8 @@ def test_config_mistakes_found_before_loading_anything(case, tmp_path, tiny_mode
 
 
 def test_prompt_template_with_an_unknown_column_names_it(tiny_model):
-    from llm_finetune.config import JobConfig
-    from llm_finetune.errors import ConfigError
+    from llm_finetune.core.config import JobConfig
+    from llm_finetune.core.errors import ConfigError
     from llm_finetune.trainer.data import resolve_format
 
     cfg = JobConfig()

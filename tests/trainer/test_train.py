@@ -8,7 +8,7 @@ import re
 import pytest
 
 import llm_finetune
-from llm_finetune.initializer.base import sha256_file
+from llm_finetune.core.volume import sha256_file
 
 from trainer.helpers import (INSTRUCTION_DATA, logged_losses, make_config, output_manifest, prepared_train, run_dir,
                        run_trainer, trainer_env)

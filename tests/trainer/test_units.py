@@ -6,10 +6,11 @@ import json
 
 import pytest
 
-from llm_finetune.config import JobConfig
-from llm_finetune.errors import ConfigError
+from llm_finetune.core.config import JobConfig
+from llm_finetune.core.errors import ConfigError
 from llm_finetune.trainer import checkpoints as ck
-from llm_finetune.trainer.data import CHAT, INSTRUCTION, TEXT, render_prompt, resolve_format
+from llm_finetune.core.dataset import render_prompt
+from llm_finetune.trainer.data import CHAT, INSTRUCTION, TEXT, resolve_format
 
 
 def _checkpoint(root, step, *, complete=True, weights=b"w" * 10):
@@ -164,7 +165,7 @@ def test_packed_rows_attend_and_learn_within_each_sample_only(tiny_model_dir):
 
 
 def test_hub_export_without_a_token_is_a_user_error(tmp_path, monkeypatch):
-    from llm_finetune.errors import UserError
+    from llm_finetune.core.errors import UserError
     from llm_finetune.trainer.export import export
 
     monkeypatch.delenv("HF_TOKEN", raising=False)

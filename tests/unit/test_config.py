@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from llm_finetune import config as C
-from llm_finetune.errors import ConfigError
+from llm_finetune.core import config as C
+from llm_finetune.core.errors import ConfigError
 
 
 def minimal(**over):
@@ -84,9 +84,9 @@ def test_bad_path_map(monkeypatch):
 def test_atomic_json_is_readable_like_any_other_file(tmp_path):
     import stat
 
-    from llm_finetune.volume import atomic_write_json
+    from llm_finetune.core.volume import atomic_write_json
 
-    from llm_finetune import volume
+    from llm_finetune.core import volume
 
     atomic_write_json(tmp_path / "m.json", {"a": 1})
     assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~volume._UMASK

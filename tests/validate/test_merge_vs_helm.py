@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from fixtures.render import find, render_text
-from llm_finetune.config import yaml_load
-from llm_finetune.errors import UserError
-from llm_finetune.helm import load_manifests
+from llm_finetune.core.yamlio import yaml_load
+from llm_finetune.core.errors import UserError
+from llm_finetune.core.helm import load_manifests
 from llm_finetune.validate import CONFIG_SECTIONS, values as V, validate_values
 
 CHART = V.chart_dir()
@@ -23,7 +23,7 @@ def helm_config(helm, files, sets):
 
 
 def _render_modes(helm, files, sets):
-    from llm_finetune.helm import template
+    from llm_finetune.core.helm import template
 
     extra = []
     for mode, expr in sets:

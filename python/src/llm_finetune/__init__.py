@@ -1,8 +1,5 @@
 """llm-finetune: the Python side of the llm-finetune Helm chart."""
 
-try:
-    from importlib.metadata import PackageNotFoundError, version
+from .core.version import __version__
 
-    __version__ = version("llm-finetune")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
+__all__ = ["__version__"]

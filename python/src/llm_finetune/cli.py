@@ -12,8 +12,8 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .errors import EXIT_USAGE
+from .core.errors import EXIT_USAGE
+from .core.version import __version__
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "Pre-install/pre-upgrade hook: config, PyTorchJob API, Secrets and claim."),
     "verify": ("llm_finetune.hooks.verify",
                "helm test hook: check the run's output on the volume and the PyTorchJob's condition."),
-    "demo-assets": ("llm_finetune.demo",
+    "demo-assets": ("llm_finetune.local.demo_assets",
                     "Build the tiny demo model and instruction dataset (deterministic, no network)."),
 }
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
 
-    from .log import setup_logging
+    from .core.log import setup_logging
 
     setup_logging()
     return int(module.run(args) or 0)

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any, Callable
 
-from ..errors import ExternalError, UserError
+from ..core.errors import ExternalError, UserError
 
 log = logging.getLogger("llm_finetune.hooks")
 ATTEMPTS = 3

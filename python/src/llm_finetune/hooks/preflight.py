@@ -36,9 +36,9 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from ..config import DEFAULT_CONFIG_PATH
-from ..errors import UserError, guarded
-from ..validate.problems import ERROR, WARNING, Problem
+from ..core.config import DEFAULT_CONFIG_PATH
+from ..core.errors import UserError, guarded
+from ..core.problems import ERROR, WARNING, Problem
 
 log = logging.getLogger("llm_finetune.preflight")
 
@@ -87,7 +87,7 @@ def check_config(path: str, request: Request, chart: str | None = None) -> tuple
 
 
 def check_api(kube) -> list[Problem]:
-    from ..hooks.kube import Forbidden, NotFound
+    from .kube import Forbidden, NotFound
 
     what = f"GET /apis/{GROUP}/{VERSION}"
     hint = "install the Kubeflow Training Operator v1 (it serves the PyTorchJob CRD), or point the release at a cluster that has it"
@@ -105,7 +105,7 @@ def check_api(kube) -> list[Problem]:
 
 
 def check_secrets(kube, request: Request) -> list[Problem]:
-    from ..hooks.kube import Forbidden, NotFound
+    from .kube import Forbidden, NotFound
 
     problems = []
     core = kube.client.CoreV1Api(kube.api)
@@ -134,8 +134,8 @@ def check_secrets(kube, request: Request) -> list[Problem]:
 
 
 def check_claim(kube, request: Request, mode: str) -> list[Problem]:
-    from ..hooks.kube import Forbidden, NotFound
     from ..validate.rules import shared_storage_problem
+    from .kube import Forbidden, NotFound
 
     if not request.claim:
         return []
@@ -166,7 +166,7 @@ def check_claim(kube, request: Request, mode: str) -> list[Problem]:
 
 
 def _pending_claim(kube, name: str, storage_class: str | None) -> list[Problem]:
-    from ..hooks.kube import Forbidden, NotFound
+    from .kube import Forbidden, NotFound
 
     if not storage_class:
         return [Problem("storage.existingClaim", f"PersistentVolumeClaim {name!r} is Pending and has no storage class",

@@ -33,11 +33,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..config import DEFAULT_CONFIG_PATH, JobConfig, load_config
-from ..errors import ExternalError, UserError, guarded
-from ..initializer.base import sha256_file
-from ..trainer.output import MANIFEST
-from ..log import format_bytes
+from ..core.config import DEFAULT_CONFIG_PATH, JobConfig, load_config
+from ..core.errors import ExternalError, UserError, guarded
+from ..core.log import format_bytes
+from ..core.volume import OUTPUT_MANIFEST, sha256_file
 
 log = logging.getLogger("llm_finetune.verify")
 
@@ -93,7 +92,7 @@ def check_job(name: str) -> str:
 # 2. The output
 # ---------------------------------------------------------------------------
 def read_output_manifest(output_dir: Path) -> dict[str, Any]:
-    path = output_dir / MANIFEST
+    path = output_dir / OUTPUT_MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -257,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     state = check_job(job)
     output_dir = Path(cfg.output_dir)
     manifest = read_output_manifest(output_dir)
-    log.info("output manifest: %s (%s)", output_dir / MANIFEST, manifest["kind"])
+    log.info("output manifest: %s (%s)", output_dir / OUTPUT_MANIFEST, manifest["kind"])
     budget = int(args.max_load_gib * 2**30) if args.max_load_gib is not None else memory_limit_bytes() // 2
     check_loads(cfg, output_dir, manifest, budget)
     log.info("verify passed: PyTorchJob %s %s, %s at %s loads", job, state, manifest["kind"], output_dir)

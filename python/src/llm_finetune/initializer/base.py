@@ -2,8 +2,9 @@
 
 A :class:`Provider` turns one :class:`Request` (the model or the dataset section of the job
 config) into files in a target directory and returns the fields of its completion manifest.
-Providers are registered by URI scheme (``hf``, ``s3``, ``file``); :func:`provider_for`
-picks one. See "Adding a provider" in ARCHITECTURE.md.
+The built-in providers are listed by URI scheme (``hf``, ``s3``, ``file``) in
+:mod:`.registry`, whose :func:`~.registry.provider_for` picks one; this module imports no
+provider. See "Adding a provider" in ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-from ..config import DownloadConfig, JobConfig, S3Settings, local_source_path
-from ..errors import ConfigError, UserError
-from ..log import RateReporter, format_bytes
-from ..volume import MANIFEST_NAME
+from ..core.config import DownloadConfig, JobConfig, S3Settings, local_source_path
+from ..core.errors import UserError
+from ..core.log import RateReporter, format_bytes
+from ..core.volume import MANIFEST_NAME
 
 log = logging.getLogger("llm_finetune.initializer")
 
@@ -126,32 +127,11 @@ class Provider(ABC):
         Datasets also return ``layout``, ``fileType`` and ``splits``. Files are written under
         temporary names and renamed when complete; the caller writes the manifest last.
         Raise ``UserError`` for bad input and let transient errors go through
-        :class:`~llm_finetune.initializer.retry.RetryPolicy` (``ExternalError`` at the end).
+        :class:`~llm_finetune.core.retry.RetryPolicy` (``ExternalError`` at the end).
         """
 
     def describe(self) -> str:
         return self.request.uri
-
-
-_REGISTRY: dict[str, type[Provider]] = {}
-
-
-def register(cls: type[Provider]) -> type[Provider]:
-    """Class decorator: make ``cls`` the provider for its ``schemes``."""
-    for scheme in cls.schemes:
-        _REGISTRY[scheme] = cls
-    return cls
-
-
-def provider_for(request: Request, ctx: Context) -> Provider:
-    from . import hf, local, s3  # noqa: F401 - the built-in providers register themselves
-
-    cls = _REGISTRY.get(request.scheme)
-    if cls is None:
-        known = ", ".join(sorted(f"{s}://" for s in _REGISTRY if s != "file"))
-        raise ConfigError(f"unsupported URI {request.uri!r}", field=f"{request.field}.uri",
-                          hint=f"use {known} or an absolute path on the volume")
-    return cls(request, ctx)
 
 
 # ---------------------------------------------------------------------------
@@ -197,21 +177,6 @@ def matches(path: str, allow: tuple[str, ...] | list[str], ignore: tuple[str, ..
     return not any(fnmatchcase(path, norm(p)) for p in ignore)
 
 
-def walk_files(root: Path) -> list[str]:
-    """Relative paths of regular files under ``root``, skipping hidden entries (``.cache``, manifest...)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            full = os.path.join(dirpath, name)
-            if os.path.isfile(full) and not os.path.islink(full):
-                out.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
-    return out
-
-
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
 
 
@@ -223,14 +188,6 @@ def check_model_files(paths: list[str], *, where: str, field: str = "model") -> 
     if not any(fnmatchcase(p, w) for p in paths for w in WEIGHT_PATTERNS):
         raise UserError(f"{where} has no weights (*.safetensors or *.bin)", field=f"{field}.uri",
                         hint="upload the weights, or fix model.allowPatterns/ignorePatterns")
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while data := fh.read(chunk):
-            h.update(data)
-    return h.hexdigest()
 
 
 def prune(target: Path, keep: set[str]) -> int:
@@ -255,7 +212,7 @@ def prune(target: Path, keep: set[str]) -> int:
 # Progress
 # ---------------------------------------------------------------------------
 class Progress:
-    """Thread-safe byte/file counters feeding a :class:`~llm_finetune.log.RateReporter`."""
+    """Thread-safe byte/file counters feeding a :class:`~llm_finetune.core.log.RateReporter`."""
 
     def __init__(self, what: str, total_bytes: int, total_files: int, *, interval: float = 10.0) -> None:
         self.total_files = total_files

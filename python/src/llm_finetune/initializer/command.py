@@ -17,13 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..config import DEFAULT_CONFIG_PATH, JobConfig, load_config
-from ..errors import ConfigError, ExternalError, UserError, guarded
-from ..log import format_bytes, format_duration
-from ..volume import manifest_path, read_manifest, write_manifest
-from .base import JOURNAL_NAME, Context, Request, prune, provider_for, summarize
-from .retry import disk_error
+from ..core.config import DEFAULT_CONFIG_PATH, JobConfig, load_config
+from ..core.errors import ConfigError, ExternalError, UserError, guarded
+from ..core.log import format_bytes, format_duration
+from ..core.retry import disk_error
+from ..core.version import __version__
+from ..core.volume import manifest_path, read_manifest, write_manifest
+from .base import JOURNAL_NAME, Context, Request, prune, summarize
+from .registry import provider_for
 
 log = logging.getLogger("llm_finetune.initializer")
 KINDS = ("model", "dataset")

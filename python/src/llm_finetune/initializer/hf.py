@@ -17,37 +17,28 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, UserError
-from ..log import RateReporter
-from .base import Provider, check_model_files, ensure_parent, register, safe_relpath, sha256_file, walk_files
-from .layout import DEFAULT_DATA_PATTERNS, layout_of_names
-from .retry import RetryPolicy, describe
+from ..core.errors import FinetuneError, UserError
+from ..core.hub import classify_error, hf_token, parse_hf_uri
+from ..core.layout import DEFAULT_DATA_PATTERNS, layout_of_names
+from ..core.log import RateReporter, quiet_library_loggers
+from ..core.retry import RetryPolicy, describe
+from ..core.volume import sha256_file, walk_files
+from .base import Provider, check_model_files, ensure_parent, safe_relpath
 
 log = logging.getLogger("llm_finetune.initializer")
 
 DEFAULT_MODEL_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 class IncompleteDownload(ConnectionError):
     """A file on disk does not have the size the Hub listed (retried)."""
 
 
-def parse_hf_uri(uri: str, field: str) -> str:
-    """``hf://org/name`` -> ``org/name``."""
-    repo_id = uri[len("hf://"):].strip("/") if uri.startswith("hf://") else ""
-    if not _REPO_ID.match(repo_id) or ".." in repo_id:
-        raise ConfigError(f"{uri!r} is not a Hub repo URI", field=field, hint="write hf://org/name")
-    return repo_id
-
-
-@register
 class HubProvider(Provider):
     schemes = ("hf",)
 
@@ -170,51 +161,15 @@ class HubProvider(Provider):
 
     # -- errors ------------------------------------------------------------------
     def _classify(self, exc: BaseException) -> BaseException | None:
-        from huggingface_hub import errors as he
-
         req = self.request
-        token = hf_token()
-        where = req.uri
-        if isinstance(exc, he.GatedRepoError):
-            status = http_status(exc)
-            if not token:
-                return UserError(f"{where} is a gated repo and no token is set", field=f"{req.field}.uri",
-                                 hint="set secrets.hf.existingSecret to a Secret with a token that has access")
-            return UserError(f"{where} is a gated repo and the token (HF_TOKEN) was refused ({status})",
-                             field=f"{req.field}.uri",
-                             hint="request access on the Hub, or put a token with access in secrets.hf.existingSecret")
-        if isinstance(exc, he.RevisionNotFoundError):
-            return UserError(f"revision {req.revision!r} not found in {where}", field=f"{req.field}.revision",
-                             hint="use an existing branch, tag or commit sha")
-        if isinstance(exc, he.RepositoryNotFoundError):
-            return UserError(f"{where} not found (or private)", field=f"{req.field}.uri",
-                             hint="check the repo id; for a private repo set secrets.hf.existingSecret (HF_TOKEN)")
-        if isinstance(exc, he.HfHubHTTPError):
-            status = http_status(exc)
-            if status == 429 or status >= 500:
-                return None
-            if status in (401, 403):
-                return UserError(f"access to {where} refused ({status})", field=f"{req.field}.uri",
-                                 hint="check the token in the Secret named by secrets.hf.existingSecret")
-            if isinstance(exc, he.RemoteEntryNotFoundError):
-                return UserError(f"a file of {where} is missing on the Hub: {describe(exc)}", field=f"{req.field}.uri")
-            return UserError(f"the Hub refused a request for {where}: {describe(exc)}", field=f"{req.field}.uri")
-        if isinstance(exc, he.OfflineModeIsEnabled):
-            return UserError(f"{where} is not on the volume and offline mode is on", field="download.offline",
-                             hint="run once with download.offline: false")
-        if isinstance(exc, he.HFValidationError):
-            return UserError(f"{where}: {describe(exc)}", field=f"{req.field}.uri")
-        if isinstance(exc, he.LocalEntryNotFoundError):
-            # snapshot_download hides the network error behind "not found locally".
-            cause = exc.__cause__ or exc.__context__
-            return self._classify(cause) if cause is not None else None
-        if isinstance(exc, (IncompleteDownload, ConnectionError, TimeoutError)) or is_transport_error(exc):
-            return None
-        if req.kind == "dataset" and (type(exc).__module__.startswith("datasets") or isinstance(exc, ValueError)):
-            return UserError(f"cannot load {where}: {describe(exc)}",
-                             field=f"{req.field}.split" if "split" in str(exc).lower() else f"{req.field}.name",
+        verdict = classify_error(exc, uri=req.uri, field=req.field, revision=req.revision)
+        unexpected = verdict is not None and not isinstance(verdict, FinetuneError)
+        if unexpected and req.kind == "dataset" and (type(verdict).__module__.startswith("datasets")
+                                                      or isinstance(verdict, ValueError)):
+            return UserError(f"cannot load {req.uri}: {describe(verdict)}",
+                             field=f"{req.field}.split" if "split" in str(verdict).lower() else f"{req.field}.name",
                              hint="check dataset.name (config) and dataset.split against the dataset card")
-        return exc
+        return verdict
 
 
 def _drop_unverified(target: Path, selected) -> None:
@@ -236,29 +191,6 @@ def _drop_unverified(target: Path, selected) -> None:
         meta = read_download_metadata(target, f.path) if read_download_metadata else None
         if meta is None or meta.etag != expected or not _has_size(path, f.size):
             path.unlink()
-
-
-def quiet_library_loggers() -> None:
-    """huggingface_hub and datasets add their own stderr handlers: drop them so their records go
-    through the root handler only (one format, secrets redacted, no duplicates)."""
-    for name in ("huggingface_hub", "datasets"):
-        lib = logging.getLogger(name)
-        for handler in list(lib.handlers):
-            lib.removeHandler(handler)
-
-
-def hf_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or None
-
-
-def http_status(exc: BaseException) -> int:
-    response = getattr(exc, "response", None)
-    return int(getattr(response, "status_code", 0) or 0)
-
-
-def is_transport_error(exc: BaseException) -> bool:
-    """httpx(2) transport errors (connect/read/protocol), without importing a specific httpx."""
-    return any(c.__name__ == "TransportError" and c.__module__.startswith("httpx") for c in type(exc).__mro__)
 
 
 def _has_size(path: Path, size: int | None) -> bool:

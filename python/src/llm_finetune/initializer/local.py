@@ -2,7 +2,7 @@
 
 Nothing is copied and nothing is written into it: the path is checked (a model folder has
 ``config.json`` and weights; a dataset has a layout the trainer can load, see
-:mod:`~llm_finetune.initializer.layout`) and the trainer uses it in place.
+:mod:`~llm_finetune.core.layout`) and the trainer uses it in place.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import local_source_path
-from ..errors import InternalError, UserError
-from .base import Provider, check_model_files, register, walk_files
-from .layout import dataset_load_spec
+from ..core.config import local_source_path
+from ..core.errors import InternalError, UserError
+from ..core.layout import dataset_load_spec
+from ..core.volume import walk_files
+from .base import Provider, check_model_files
 
 
-@register
 class LocalProvider(Provider):
     schemes = ("file",)
 

@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import FinetuneError, UserError
-from ..log import format_bytes
-from ..s3client import classify_error, make_client, parse_s3_uri
+from ..core.errors import FinetuneError, UserError
+from ..core.layout import layout_of_names
+from ..core.log import format_bytes
+from ..core.retry import RetryPolicy
+from ..core.s3client import classify_error, make_client, parse_s3_uri
 from .base import (JOURNAL_NAME, PART_SUFFIX, Progress, Provider, check_model_files, ensure_parent, matches,
-                   register, safe_relpath)
-from .layout import layout_of_names
-from .retry import RetryPolicy
+                   safe_relpath)
 
 log = logging.getLogger("llm_finetune.initializer")
 
@@ -103,7 +103,6 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-@register
 class S3Provider(Provider):
     schemes = ("s3",)
     page_size = 1000  # keys per listing request (the S3 maximum)

@@ -23,7 +23,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import guarded
+from ..core.errors import guarded
 
 log = logging.getLogger("llm_finetune.local")
 
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _validate(values_files: list[str], set_values: list[str], chart: Path) -> None:
     """Stop before anything starts when the values are wrong: every problem, then exit 1."""
-    from ..errors import UserError
+    from ..core.errors import UserError
     from ..validate import validate_files
     from ..validate.command import print_report
 
@@ -61,7 +61,7 @@ def _validate(values_files: list[str], set_values: list[str], chart: Path) -> No
 
 @guarded("run-local")
 def run(args: argparse.Namespace) -> int:
-    from .. import helm
+    from ..core import helm
     from .plan import build_plan
     from .runner import Runner
     from .s3server import free_port
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 def plan_as_dict(plan) -> dict:
     """The plan without secret values (they come from the environment and are never printed)."""
-    from ..log import SECRET_ENV_VARS
+    from ..core.log import SECRET_ENV_VARS
 
     return {
         "job": plan.job_name,

@@ -1,6 +1,6 @@
 """The embedded default of ``make run``: demo assets served by a local S3 server.
 
-The tiny model and the instruction dataset come from :mod:`llm_finetune.demo`
+The tiny model and the instruction dataset come from :mod:`llm_finetune.local.demo_assets`
 (deterministic, no network). They are uploaded to a SeaweedFS server started in the
 workdir, with authentication on; the credentials reach the chart's containers the way
 a Kubernetes Secret would (``secrets.s3.existingSecret`` → env), and the values'
@@ -14,7 +14,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from ..demo import build_tiny_model, write_dataset
+from .demo_assets import build_tiny_model, write_dataset
 
 log = logging.getLogger("llm_finetune.local")
 BUCKET = "llm-finetune-demo"

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import PATH_MAP_ENV
-from ..errors import TERMINATION_LOG_ENV, UserError
+from ..core.config import PATH_MAP_ENV
+from ..core.errors import TERMINATION_LOG_ENV, UserError
 
 # Local environment variables a pod-like process may inherit (besides what the pod declares).
 PASS_THROUGH_ENV = ("LANG", "LC_ALL", "HF_ENDPOINT", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",

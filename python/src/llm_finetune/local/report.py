@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..config import JobConfig, load_config
+from ..core.config import JobConfig, load_config
 from .plan import JobPlan
 
 log = logging.getLogger("llm_finetune.local")
@@ -62,19 +62,18 @@ def plot_loss(history: list[dict[str, Any]], path: Path) -> Path | None:
 
 def _held_out_prompts(cfg: JobConfig, n: int, scratch: Path) -> list[tuple[str, str]]:
     """(prompt, expected) pairs from the eval split, loaded and formatted as the trainer does."""
-    from ..trainer.data import load_raw, render_prompt
+    from ..core.dataset import instruction_prompt, load_volume_dataset
 
     d = cfg.data
     if not d.eval_split or d.format not in ("instruction", "auto"):
         return []
-    splits = load_raw(cfg, scratch)
+    splits = load_volume_dataset(cfg, scratch)
     if d.eval_split not in splits:
         return []
     rows = splits[d.eval_split].select(range(min(n, len(splits[d.eval_split]))))
     if d.response_column not in rows.column_names:
         return []
-    return [(render_prompt(d.prompt_template, row) if d.prompt_template else str(row.get(d.prompt_column, "")),
-             str(row[d.response_column])) for row in rows]
+    return [(instruction_prompt(row, d.prompt_template, d.prompt_column), str(row[d.response_column])) for row in rows]
 
 
 def write_samples(cfg: JobConfig, path: Path, n: int = 4) -> Path | None:

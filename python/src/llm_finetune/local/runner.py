@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EXIT_INTERRUPTED, FinetuneError
+from ..core.errors import EXIT_INTERRUPTED, FinetuneError
 from .plan import JobPlan, PodPlan, ProcessSpec
 
 log = logging.getLogger("llm_finetune.local")

@@ -22,28 +22,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import JobConfig
-from ..errors import ConfigError
-
-CHART_MANAGED = {
-    "output_dir": "checkpoints go to <paths.run>/checkpoints and the result to <paths.run>/output",
-    "logging_dir": "TensorBoard logs go to <paths.run>/logs (and output/logs)",
-    "overwrite_output_dir": "the chart manages the run folder; use training.resume",
-    "resume_from_checkpoint": "use training.resume (auto, never or a checkpoint path)",
-    "push_to_hub": "use output.export.uri (hf://org/name)",
-    "trust_remote_code": "use model.trustRemoteCode",
-    "model_init_kwargs": "use the model section (torchDtype, attnImplementation, trustRemoteCode)",
-}
-FROM_DATA = {
-    "max_length": "data.maxSeqLength", "max_seq_length": "data.maxSeqLength", "packing": "data.packing",
-    "completion_only_loss": "data.completionOnlyLoss", "assistant_only_loss": "data.completionOnlyLoss",
-    "dataset_text_field": "data.textColumn",
-}
-
+from ..core.config import JobConfig
+from ..core.errors import ConfigError
+from ..core.problems import raise_first_error
 
 def user_args(cfg: JobConfig, cls: type) -> dict[str, Any]:
     """``training.args`` checked against ``cls``'s fields and types, as the validator checks them (None values dropped)."""
-    from ..validate.introspect import raise_first_error, training_args_problems
+    from ..validate.introspect import training_args_problems
 
     values = {k: v for k, v in cfg.training.args.items() if v is not None}
     raise_first_error(training_args_problems(values, cls))

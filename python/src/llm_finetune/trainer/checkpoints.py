@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import EXIT_TERMINATED, ConfigError, FinetuneError
-from ..initializer.base import walk_files
-from ..volume import atomic_write_json, read_json
+from ..core.errors import EXIT_TERMINATED, ConfigError, FinetuneError
+from ..core.volume import atomic_write_json, read_json, walk_files
 
 log = logging.getLogger("llm_finetune.trainer")
 
@@ -110,7 +109,7 @@ def latest_complete(checkpoints_dir: str | os.PathLike[str]) -> Path | None:
 
 def resolve_resume(setting: str, checkpoints_dir: str) -> Path | None:
     """The checkpoint to resume from (rank 0), per ``training.resume``; tidies the checkpoints dir."""
-    from ..config import map_path
+    from ..core.config import map_path
 
     if setting == "never":
         old = list_checkpoints(checkpoints_dir)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import DEFAULT_CONFIG_PATH
-from ..errors import guarded
+from ..core.config import DEFAULT_CONFIG_PATH
+from ..core.errors import guarded
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @guarded("trainer")
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..core.config import load_config
     from .checkpoints import StopFlag
 
     stop = StopFlag()

@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import CAUSAL_LM, JobConfig, to_dict
-from ..errors import ConfigError, FinetuneError, UserError
-from ..initializer.base import sha256_file, walk_files
-from ..initializer.retry import describe
-from ..volume import read_manifest
+from ..core.config import CAUSAL_LM, JobConfig, to_dict
+from ..core.dataset import columns_of, instruction_prompt, load_volume_dataset, render_prompt
+from ..core.errors import ConfigError, FinetuneError, UserError
+from ..core.retry import describe
+from ..core.volume import read_manifest, sha256_file, walk_files
 
 log = logging.getLogger("llm_finetune.trainer")
 
@@ -52,37 +52,6 @@ class Splits:
     eval: Any | None
     format: str
     label_names: list[str] | None = None  # sequence classification with string labels
-
-
-# ---------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------
-def load_raw(cfg: JobConfig, cache_dir: Path):
-    """The dataset on the volume as a DatasetDict, with ``data.columnMapping`` applied."""
-    from ..initializer.layout import load_dataset_dict
-
-    where = cfg.dataset_dir
-    try:
-        dd = load_dataset_dict(where, file_type=cfg.dataset.file_type, cache_dir=str(cache_dir))
-    except FinetuneError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types for unreadable files
-        raise UserError(f"cannot load the dataset in {where}: {describe(exc)}", field="dataset.uri",
-                        hint="check the files are valid json/jsonl/csv/parquet (dataset.fileType)") from None
-    mapping = cfg.data.column_mapping
-    if mapping:
-        columns = _columns(dd)
-        for old in mapping:
-            if old not in columns:
-                raise ConfigError(f"column {old!r} is not in the dataset (columns: {', '.join(columns)})",
-                                  field=f"data.columnMapping.{old}", hint="map existing columns only")
-        dd = dd.rename_columns(dict(mapping))
-    return dd
-
-
-def _columns(dd) -> list[str]:
-    first = next(iter(dd.values()))
-    return list(first.column_names)
 
 
 # ---------------------------------------------------------------------------
@@ -150,27 +119,13 @@ def resolve_format(cfg: JobConfig, columns: list[str], first: dict[str, Any], to
     return fmt
 
 
-def render_prompt(template: str, row: dict[str, Any], columns: list[str] | None = None) -> str:
-    values = {k: ("" if v is None else v) for k, v in row.items()}
-    try:
-        return template.format(**values)
-    except KeyError as exc:
-        cols = columns if columns is not None else list(row)
-        raise ConfigError(f"refers to column {exc.args[0]!r}, which the dataset does not have (columns: {', '.join(cols)})",
-                          field="data.promptTemplate", hint="use {column} names of the dataset; write {{ and }} for braces") from None
-    except (IndexError, ValueError) as exc:
-        raise ConfigError(f"is not a valid template: {exc}", field="data.promptTemplate",
-                          hint="use named fields like {instruction}; write {{ and }} for literal braces") from None
-
-
 def _to_text(row, column):
     return {"text": row[column]}
 
 
 def _to_prompt_completion(row, template, prompt_column, response_column):
-    prompt = render_prompt(template, row) if template else row[prompt_column]
     response = row[response_column]
-    return {"prompt": "" if prompt is None else str(prompt), "completion": "" if response is None else str(response)}
+    return {"prompt": instruction_prompt(row, template, prompt_column), "completion": "" if response is None else str(response)}
 
 
 def _to_messages(row, column):
@@ -240,8 +195,8 @@ def prepare_classification(ds, cfg: JobConfig, tokenizer, label_names: list[str]
 def load_splits(cfg: JobConfig, tokenizer, scratch: Path, seed: int) -> Splits:
     """Load, check, format and split the dataset (not yet tokenized for causal LM)."""
     d = cfg.data
-    dd = load_raw(cfg, scratch / "hf-datasets")
-    columns = _columns(dd)
+    dd = load_volume_dataset(cfg, scratch / "hf-datasets")
+    columns = columns_of(dd)
     if d.train_split not in dd:
         raise ConfigError(f"split {d.train_split!r} is not in the dataset (splits: {', '.join(dd)})", field="data.trainSplit",
                           hint="set data.trainSplit to one of them")
@@ -293,7 +248,7 @@ def fingerprint(cfg: JobConfig, extra: dict[str, Any]) -> str:
     import transformers
     import trl
 
-    from .. import __version__
+    from ..core.version import __version__
 
     manifest = read_manifest(cfg.dataset_dir) if os.path.isdir(cfg.dataset_dir) else None
     if manifest:

@@ -2,7 +2,7 @@
 
 * ``s3://bucket/prefix``: every file under ``prefix/`` (multipart for large ones), then
   ``manifest.json`` last, so a reader that sees the manifest sees a complete export.
-  Credentials from env / workload identity (``llm_finetune.s3client``).
+  Credentials from env / workload identity (``llm_finetune.core.s3client``).
 * ``hf://org/name``: ``create_repo(private=output.export.private, exist_ok=True)`` then
   ``upload_folder`` (one commit); the token is ``HF_TOKEN``.
 
@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..config import JobConfig
-from ..errors import ConfigError, UserError
-from ..initializer.base import walk_files
-from ..initializer.retry import RetryPolicy, describe
-from .output import MANIFEST
+from ..core.config import JobConfig
+from ..core.errors import ConfigError, UserError
+from ..core.hub import classify_error as classify_hub_error
+from ..core.hub import hf_token, parse_hf_uri
+from ..core.retry import RetryPolicy
+from ..core.volume import OUTPUT_MANIFEST, walk_files
 
 log = logging.getLogger("llm_finetune.trainer")
 FIELD = "output.export"
@@ -43,13 +44,13 @@ def export(cfg: JobConfig, folder: Path) -> str | None:
 
 
 def _to_s3(cfg: JobConfig, folder: Path, uri: str, policy: RetryPolicy) -> None:
-    from ..s3client import classify_error, make_client, parse_s3_uri
+    from ..core.s3client import classify_error, make_client, parse_s3_uri
 
     bucket, prefix = parse_s3_uri(uri, f"{FIELD}.uri")
     prefix = prefix.strip("/")
     client = make_client(cfg.output.export.s3, retries=0)
     names = walk_files(folder)
-    ordered = [n for n in names if n != MANIFEST] + [n for n in names if n == MANIFEST]  # the manifest last
+    ordered = [n for n in names if n != OUTPUT_MANIFEST] + [n for n in names if n == OUTPUT_MANIFEST]  # the manifest last
 
     def classify(exc: BaseException):
         # boto3's upload_file re-raises a ClientError as S3UploadFailedError (the original as context).
@@ -66,9 +67,6 @@ def _to_s3(cfg: JobConfig, folder: Path, uri: str, policy: RetryPolicy) -> None:
 
 def _to_hub(cfg: JobConfig, folder: Path, uri: str, policy: RetryPolicy) -> None:
     from huggingface_hub import create_repo, upload_folder
-    from huggingface_hub import errors as he
-
-    from ..initializer.hf import hf_token, http_status, is_transport_error, parse_hf_uri
 
     repo_id = parse_hf_uri(uri, f"{FIELD}.uri")
     token = hf_token()
@@ -77,15 +75,7 @@ def _to_hub(cfg: JobConfig, folder: Path, uri: str, policy: RetryPolicy) -> None
                         hint="set secrets.hf.existingSecret to a Secret holding a token with write access")
 
     def classify(exc: BaseException):
-        if isinstance(exc, he.HfHubHTTPError):
-            status = http_status(exc)
-            if status == 429 or status >= 500:
-                return None
-            return UserError(f"the Hub refused the export to {uri} ({status}): {describe(exc)}", field=f"{FIELD}.uri",
-                             hint="check the token's write access and the repo name")
-        if isinstance(exc, (ConnectionError, TimeoutError)) or is_transport_error(exc):
-            return None
-        return exc
+        return classify_hub_error(exc, uri=uri, field=FIELD)
 
     policy.call(lambda: create_repo(repo_id, private=cfg.output.export.private, exist_ok=True, token=token),
                 what=f"create repo {uri}", classify=classify)

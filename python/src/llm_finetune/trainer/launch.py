@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..config import DEFAULT_CONFIG_PATH
-from ..errors import EXIT_EXTERNAL_ERROR, EXIT_INTERNAL_ERROR, write_termination_message
+from ..core.config import DEFAULT_CONFIG_PATH
+from ..core.errors import EXIT_EXTERNAL_ERROR, EXIT_INTERNAL_ERROR, write_termination_message
 
 log = logging.getLogger("llm_finetune.launch")
 

@@ -14,9 +14,11 @@ import logging
 import os
 from typing import Any
 
-from ..config import CAUSAL_LM, SEQUENCE_CLASSIFICATION, JobConfig
-from ..errors import ConfigError, UserError
-from ..initializer.retry import describe
+from ..core.config import CAUSAL_LM, SEQUENCE_CLASSIFICATION, JobConfig
+from ..core.contract import RESERVED_LORA
+from ..core.errors import ConfigError, UserError
+from ..core.problems import raise_first_error
+from ..core.retry import describe
 
 log = logging.getLogger("llm_finetune.trainer")
 
@@ -49,7 +51,7 @@ def check_config(cfg: JobConfig) -> None:
     if cfg.model.transformer_type == SEQUENCE_CLASSIFICATION and cfg.data.packing:
         raise ConfigError("packing joins samples into one sequence; sequence classification needs one sample per sequence",
                           field="data.packing", hint="set data.packing to null or false")
-    from ..validate.introspect import RESERVED_LORA, raise_first_error, reserved_problems
+    from ..validate.introspect import reserved_problems
 
     raise_first_error(reserved_problems(cfg.training.lora, "training.lora", RESERVED_LORA))
     model_dir = cfg.model_dir
@@ -89,7 +91,7 @@ def lora_config(cfg: JobConfig, task_type: str):
     """A peft LoraConfig from ``training.lora`` (null values drop chart defaults)."""
     from peft import LoraConfig
 
-    from ..validate.introspect import lora_problems, raise_first_error
+    from ..validate.introspect import lora_problems
 
     values = {k: v for k, v in cfg.training.lora.items() if v is not None}
     raise_first_error(lora_problems(values))

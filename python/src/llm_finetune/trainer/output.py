@@ -34,13 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import JobConfig
-from ..initializer.base import sha256_file, walk_files
-from ..volume import atomic_write_json, read_manifest
+from ..core.config import JobConfig
+from ..core.volume import OUTPUT_MANIFEST, atomic_write_json, read_manifest, sha256_file, walk_files
 
 log = logging.getLogger("llm_finetune.trainer")
 
-MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 
 
@@ -59,12 +57,12 @@ def _jsonable(value: Any) -> Any:
 
 def build_manifest(cfg: JobConfig, folder: Path, *, kind: str, fmt: str, num_labels: int | None, merged: bool,
                    metrics: dict[str, Any], label_names: list[str] | None = None) -> dict[str, Any]:
-    from .. import __version__
+    from ..core.version import __version__
 
     model_m = read_manifest(cfg.model_dir) or {}
     data_m = read_manifest(cfg.dataset_dir) if os.path.isdir(cfg.dataset_dir) else None
     files = [{"path": p, "size": (folder / p).stat().st_size, "sha256": sha256_file(folder / p)}
-             for p in walk_files(folder) if p != MANIFEST]
+             for p in walk_files(folder) if p != OUTPUT_MANIFEST]
     return {
         "kind": kind,
         "task": cfg.task,
@@ -102,7 +100,7 @@ def finish_output(cfg: JobConfig, staging: Path, *, trainer, tokenizer, kind: st
     atomic_write_json(staging / METRICS, metrics)
     manifest = build_manifest(cfg, staging, kind=kind, fmt=fmt, num_labels=num_labels, merged=merged, metrics=metrics,
                               label_names=label_names)
-    atomic_write_json(staging / MANIFEST, manifest)
+    atomic_write_json(staging / OUTPUT_MANIFEST, manifest)
     return replace_dir(staging, Path(cfg.output_dir))
 
 

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from ..log import format_duration
+from ..core.log import format_duration
 
 log = logging.getLogger("llm_finetune.trainer")
 

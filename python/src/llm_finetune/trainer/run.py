@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import CAUSAL_LM, JobConfig
-from ..errors import UserError
-from ..log import format_duration
+from ..core.config import CAUSAL_LM, JobConfig
+from ..core.errors import UserError
+from ..core.log import format_duration
 from . import checkpoints as ckpt
 from .args import build_args, set_data_fields
 from .data import (CHAT, INSTRUCTION, PackedRowsCollator, assistant_only_loss, cache_path, fingerprint, load_cached, load_splits,
@@ -42,7 +42,7 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_warning()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_warning()
-    from ..initializer.hf import quiet_library_loggers
+    from ..core.log import quiet_library_loggers
 
     quiet_library_loggers()
     # Deprecation notices of the ML libraries are for developers, not pod logs.
@@ -208,10 +208,9 @@ def _finished_output(cfg: JobConfig) -> str | None:
     """The run's output folder when an earlier attempt completed it with this same config."""
     if cfg.training.resume == "never":
         return None
-    from ..volume import read_json
-    from .output import MANIFEST
+    from ..core.volume import OUTPUT_MANIFEST, read_json
 
-    manifest = read_json(Path(cfg.output_dir) / MANIFEST)
+    manifest = read_json(Path(cfg.output_dir) / OUTPUT_MANIFEST)
     if not manifest or _what_is_trained(manifest.get("config") or {}) != _what_is_trained(cfg.to_dict()):
         return None
     return cfg.output_dir
@@ -228,7 +227,7 @@ def _what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
 
 def _local_view(cfg: JobConfig, rank0_path: str) -> str:
     """This rank's path for rank 0's checkpoint: the same pod path through this pod's mounts."""
-    from ..config import map_path
+    from ..core.config import map_path
 
     if cfg.training.resume in ("auto", "never"):
         return os.path.join(cfg.checkpoints_dir, os.path.basename(rank0_path))

@@ -11,8 +11,8 @@ import argparse
 import json
 import sys
 
-from ..errors import EXIT_OK, EXIT_USER_ERROR, guarded
-from .problems import ERROR
+from ..core.errors import EXIT_OK, EXIT_USER_ERROR, guarded
+from ..core.problems import ERROR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def print_report(report, output: str) -> None:
 
 @guarded("validate")
 def run(args: argparse.Namespace) -> int:
-    from . import validate_config_file, validate_files
+    from .check import validate_config_file, validate_files
 
     if args.config:
         if args.values or args.set or args.set_string or args.set_json:

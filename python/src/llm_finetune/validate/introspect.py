@@ -5,7 +5,7 @@
 annotated types come from the installed dataclasses, so the check follows the versions
 the trainer image pins. When the libraries are not importable (the initializer image has
 no transformers), that check is skipped with a notice. Keys the trainer sets itself
-(its lists in :mod:`llm_finetune.trainer.args`, e.g. ``output_dir``, ``max_length``) are
+(the lists in :mod:`llm_finetune.core.contract`, e.g. ``output_dir``, ``max_length``) are
 rejected either way.
 """
 
@@ -19,21 +19,9 @@ import types
 import typing
 from typing import Any, Iterator
 
-from .problems import ERROR, NOTICE, Problem
+from ..core.contract import RESERVED_LORA, reserved_args
+from ..core.problems import ERROR, NOTICE, Problem
 from .schema import quoted_scalar_hint
-
-# training.lora keys the trainer sets itself.
-RESERVED_LORA = {"use_dora": ("is set by training.method", "remove it; use training.method: dora for DoRA")}
-
-
-def reserved_args() -> dict[str, tuple[str, str]]:
-    """training.args keys the trainer sets itself: key -> (what is wrong, how to fix), from the trainer's own lists."""
-    from ..trainer.args import CHART_MANAGED, FROM_DATA
-
-    reserved = {k: ("is set by the chart (paths are chart-managed)", why) for k, why in CHART_MANAGED.items()}
-    reserved.update({k: ("comes from the data section", f"set {where} instead") for k, where in FROM_DATA.items()})
-    return reserved
-
 
 def _training_args_class(transformer_type: str) -> type:
     if transformer_type == "AutoModelForCausalLM":
@@ -131,15 +119,6 @@ def check_mapping(values: dict[str, Any], cls: type, where: str, what: str, skip
             if quoted_scalar_hint(value):
                 hint += f" ({quoted_scalar_hint(value)})"
             yield Problem(path, f"{value!r} has the wrong type or value", hint, ERROR, "introspection")
-
-
-def raise_first_error(problems: typing.Iterable[Problem]) -> None:
-    """For the trainer: the first error among ``problems`` as a ConfigError (same text as the validator's)."""
-    from ..errors import ConfigError
-
-    for p in problems:
-        if p.severity == ERROR:
-            raise ConfigError(p.message, field=p.path, hint=p.hint or None)
 
 
 def training_args_problems(args: dict[str, Any], cls: type) -> Iterator[Problem]:

@@ -12,7 +12,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterator
 
-from .problems import ERROR, NOTICE, WARNING, Problem
+from ..core.problems import ERROR, NOTICE, WARNING, Problem
 
 MISSING: Any = object()
 

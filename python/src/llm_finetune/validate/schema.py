@@ -11,7 +11,7 @@ import difflib
 import re
 from typing import Any, Iterator
 
-from .problems import ERROR, Problem, format_path
+from ..core.problems import ERROR, Problem, format_path
 
 
 _JSON_TYPES = ((type(None), "null"), (bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),

@@ -5,10 +5,10 @@
 * ``--set``/``--set-string``/``--set-json`` are parsed into the merged file values
   (:mod:`.strvals`), then the result is coalesced with the chart's ``values.yaml`` like
   Helm's ``CoalesceValues``: the user's values win; a user ``null`` deletes the key.
-* YAML is read as Helm reads it (YAML → JSON types): timestamps stay strings.
+* YAML is read as Helm reads it (YAML → JSON types, :mod:`llm_finetune.core.yamlio`): timestamps stay strings.
 
 Where the chart comes from (``chart_dir``): ``--chart DIR``, else
-:func:`llm_finetune.helm.find_chart` (``$LLM_FINETUNE_CHART``, the source tree, ``./chart``),
+:func:`llm_finetune.core.helm.find_chart` (``$LLM_FINETUNE_CHART``, the source tree, ``./chart``),
 else the copy shipped inside the package: ``llm_finetune/data/chart/`` holds the chart's
 ``Chart.yaml``, ``values.yaml`` and ``values.schema.json``, copied at wheel build time by
 ``python/setup.py`` (build_py) from ``../chart`` — never edited by hand. The images
@@ -24,10 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import yaml
-
-from ..config import _YAML12_FLOAT
-from ..errors import UserError
+from ..core.errors import UserError
+from ..core.yamlio import read_mapping
 from . import strvals
 
 SCHEMA_FILE = "values.schema.json"
@@ -35,38 +33,9 @@ VALUES_FILE = "values.yaml"
 CHART_FILE = "Chart.yaml"
 
 
-class _HelmYamlLoader(yaml.SafeLoader):
-    """Scalars typed as Helm types them: no timestamps (dates stay strings), and exponent
-    floats without a dot (``1e-5``, as Helm itself writes them) are floats, as in the job
-    config's loader (:func:`llm_finetune.config.yaml_load`)."""
-
-
-_HelmYamlLoader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_HelmYamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
-
-
 def load_yaml_file(path: str | os.PathLike[str], *, what: str = "values file") -> dict[str, Any]:
-    """A YAML mapping from ``path``; a missing/unreadable/bad file is a UserError naming it."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{what} not found", field=str(p), hint="check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {what}: {getattr(exc, 'strerror', None) or exc}", field=str(p)) from None
-    try:
-        data = yaml.load(text, Loader=_HelmYamlLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise UserError(f"not valid YAML: {' '.join(str(exc).split())}", field=str(p), hint="fix the YAML syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"must hold a mapping, not a {type(data).__name__}", field=str(p),
-                        hint="a values file is a YAML mapping of keys to values")
-    return data
+    """A YAML mapping from ``path`` read as Helm reads it; a missing/unreadable/bad file is a UserError naming it."""
+    return read_mapping(path, what=what, helm=True)
 
 
 # ---------------------------------------------------------------------------
@@ -83,7 +52,7 @@ def packaged_chart_dir() -> Path | None:
 
 def chart_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The chart folder holding values.yaml and values.schema.json (see the module docstring)."""
-    from ..helm import find_chart
+    from ..core.helm import find_chart
 
     if explicit:
         path = Path(explicit)

@@ -1,9 +1,11 @@
-"""One finding of the validator: ``path.to.field: what is wrong — how to fix``."""
+"""One finding of the validator (or of a rule the trainer applies): ``path.to.field: what is wrong — how to fix``."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterable
+
+from .errors import ConfigError
 
 ERROR, WARNING, NOTICE = "error", "warning", "notice"
 
@@ -26,6 +28,13 @@ class Problem:
 
 def errors(problems: list[Problem]) -> list[Problem]:
     return [p for p in problems if p.severity == ERROR]
+
+
+def raise_first_error(problems: Iterable[Problem]) -> None:
+    """For the commands: the first error among ``problems`` as a ConfigError (same text as the validator's)."""
+    for p in problems:
+        if p.severity == ERROR:
+            raise ConfigError(p.message, field=p.path, hint=p.hint or None)
 
 
 def format_path(parts: Any) -> str:

@@ -25,10 +25,10 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from .errors import ConfigError
+from .yamlio import read_mapping
 
 CONFIG_API_VERSION = "llm-finetune/v1"
 DEFAULT_CONFIG_PATH = "/etc/llm-finetune/config.yaml"
@@ -337,42 +337,10 @@ def _check_choices(cfg: JobConfig) -> None:
         raise ConfigError("is empty", field="dataset.uri", hint="set hf://org/name, s3://bucket/prefix or a path on the volume")
 
 
-_YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
-
-
-def yaml_load(text: str) -> Any:
-    """``yaml.safe_load`` that also reads YAML 1.2 exponent floats such as ``2e-05``.
-
-    Helm writes a float like 2e-5 as ``2e-05`` (no dot), which PyYAML's YAML 1.1 rules read
-    as the *string* "2e-05" (a learning rate would silently become text).
-    """
-    import yaml
-
-    class _Loader(yaml.SafeLoader):
-        pass
-
-    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
 def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> JobConfig:
     """Read and validate the config file written by the chart."""
-    import yaml
-
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("config file not found", field=str(p),
-                          hint="mount the chart's ConfigMap there or pass --config") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file: {exc.strerror}", field=str(p)) from None
-    try:
-        data = yaml_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", field=str(p)) from None
-    if not isinstance(data, dict):
-        raise ConfigError("config file must hold a mapping", field=str(p))
+    data = read_mapping(path, what="config file", error=ConfigError, allow_empty=False,
+                        missing_hint="mount the chart's ConfigMap there or pass --config")
     return from_dict(data)
 
 

@@ -28,9 +28,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..volume import read_manifest
-from .base import walk_files
+from .errors import UserError
+from .volume import read_manifest
+from .volume import walk_files
 
 log = logging.getLogger("llm_finetune.initializer")
 

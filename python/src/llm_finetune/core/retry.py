@@ -2,10 +2,10 @@
 
 A provider passes a ``classify(exc)`` function that returns ``None`` when the exception is
 transient (try again), or the exception to raise at once: a
-:class:`~llm_finetune.errors.FinetuneError` for a permanent failure (e.g. a ``UserError``
+:class:`~llm_finetune.core.errors.FinetuneError` for a permanent failure (e.g. a ``UserError``
 naming the source and the fix), or ``exc`` itself for an unexpected error (a bug: exit 203). When the budget
 (``download.retries`` retries after the first attempt) is spent, the last transient error
-becomes an :class:`~llm_finetune.errors.ExternalError` (exit 202).
+becomes an :class:`~llm_finetune.core.errors.ExternalError` (exit 202).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, TypeVar
 
-from ..errors import ExternalError, FinetuneError, UserError
+from .errors import ExternalError, FinetuneError, UserError
 
 log = logging.getLogger("llm_finetune.initializer")
 T = TypeVar("T")

@@ -19,10 +19,15 @@ completion manifest, ``.llm-finetune-manifest.json``, written last and atomicall
 A directory whose manifest is present and whose ``sourceKey`` matches the request is
 complete: reruns download nothing. A directory without a manifest is partial and is
 finished (resumed) by the next initializer run.
+
+The trainer's output folder (``<paths.run>/output``) ends with its own manifest,
+``OUTPUT_MANIFEST`` (keys documented in :mod:`llm_finetune.trainer.output`), written last:
+``llm-finetune verify`` and exports read it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = ".llm-finetune-manifest.json"
+OUTPUT_MANIFEST = "manifest.json"
 
 
 def manifest_path(directory: str | os.PathLike[str]) -> Path:
@@ -83,3 +89,26 @@ def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
 
 def write_manifest(directory: str | os.PathLike[str], data: dict[str, Any]) -> None:
     atomic_write_json(manifest_path(directory), data)
+
+
+def walk_files(root: str | os.PathLike[str]) -> list[str]:
+    """Relative paths of regular files under ``root``, skipping hidden entries (``.cache``, manifest...)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            if os.path.isfile(full) and not os.path.islink(full):
+                out.append(name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/"))
+    return out
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while data := fh.read(chunk):
+            h.update(data)
+    return h.hexdigest()

@@ -3,6 +3,7 @@
 * Every line carries the process rank when running under torchrun.
 * Non-zero ranks log warnings and errors only, unless ``LLM_FINETUNE_LOG_ALL_RANKS=1``.
 * Values of secret environment variables never reach a handler (``RedactSecrets``).
+* Libraries log through the root handler only (``quiet_library_loggers``).
 * ``RateReporter`` prints progress lines (done/total, throughput, ETA) at a steady rate.
 """
 
@@ -75,6 +76,15 @@ def setup_logging(level: int | str | None = None) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def quiet_library_loggers() -> None:
+    """huggingface_hub and datasets add their own stderr handlers: drop them so their records go
+    through the root handler only (one format, secrets redacted, no duplicates)."""
+    for name in ("huggingface_hub", "datasets"):
+        lib = logging.getLogger(name)
+        for handler in list(lib.handlers):
+            lib.removeHandler(handler)
 
 
 def format_bytes(n: float) -> str:

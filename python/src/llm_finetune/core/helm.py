@@ -14,9 +14,13 @@ HELM_BIN_ENV = "HELM_BIN"
 CHART_DIR_ENV = "LLM_FINETUNE_CHART"
 
 
+# The repository root of a source checkout (python/src/llm_finetune/core/helm.py -> four levels up).
+_SOURCE_ROOT = Path(__file__).resolve().parents[4]
+
+
 def helm_binary(explicit: str | None = None) -> str:
     """``explicit``, else ``$HELM_BIN``, else ``helm`` on PATH, else the one ``make`` put in this checkout's .tools/."""
-    tools = Path(__file__).resolve().parents[3] / ".tools"
+    tools = _SOURCE_ROOT / ".tools"
     installed = [str(p) for p in (tools / "helm-4.1" / "helm", tools / "helm-3.17" / "helm") if p.is_file()]
     candidate = explicit or os.environ.get(HELM_BIN_ENV) or shutil.which("helm") or next(iter(installed), None)
     if not candidate or not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
@@ -27,7 +31,7 @@ def helm_binary(explicit: str | None = None) -> str:
 def find_chart(explicit: str | None = None) -> Path:
     """The chart folder: ``explicit``, ``$LLM_FINETUNE_CHART``, or ``chart/`` of this source tree / the CWD."""
     candidates = [explicit, os.environ.get(CHART_DIR_ENV)]
-    candidates += [str(Path(__file__).resolve().parents[3] / "chart"), str(Path.cwd() / "chart")]
+    candidates += [str(_SOURCE_ROOT / "chart"), str(Path.cwd() / "chart")]
     for c in filter(None, candidates):
         if (Path(c) / "Chart.yaml").is_file():
             return Path(c)

@@ -1,0 +1,52 @@
+"""The dependency rule of python/src (ARCHITECTURE.md, "Dependency rule"), checked by import-linter.
+
+The contracts live in python/pyproject.toml ([tool.importlinter]); `lint-imports` reads them
+and the import graph of the whole package (function-level imports included).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = REPO / "python"
+SRC = PYTHON / "src" / "llm_finetune"
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(project: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=project, capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_import_contracts_are_kept():
+    proc = lint_imports(PYTHON)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Contracts: 2 kept, 0 broken." in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("module, line, contract", [
+    ("core/volume.py", "from ..validate import rules", "cli above the rooms"),  # core imports the validator
+    ("core/config.py", "from .. import cli", "cli above the rooms"),  # core imports the dispatcher
+    ("validate/rules.py", "from ..trainer import args", "cli above the rooms"),  # the validator imports a room
+    ("trainer/export.py", "from ..initializer import hf", "the rooms never import each other"),
+    ("local/report.py", "from ..trainer.data import load_splits", "the rooms never import each other"),
+])
+def test_a_broken_rule_is_reported(tmp_path, module, line, contract):
+    """A copy of the package with one forbidden import (inside a function, as lazy imports are) fails."""
+    project = tmp_path / "python"
+    shutil.copytree(SRC, project / "src" / "llm_finetune", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PYTHON / "pyproject.toml", project / "pyproject.toml")
+    target = project / "src" / "llm_finetune" / module
+    target.write_text(target.read_text() + f"\n\ndef _injected():\n    {line}  # noqa\n")
+    proc = lint_imports(project, {**os.environ, "PYTHONPATH": str(project / "src")})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{contract}" in proc.stdout and "BROKEN" in proc.stdout, proc.stdout
+    importer = "llm_finetune." + module[:-3].replace("/", ".")
+    assert importer in proc.stdout, proc.stdout
