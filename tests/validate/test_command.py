@@ -113,7 +113,8 @@ def test_console_script_never_prints_a_traceback(tmp_path):
 
 
 def test_works_with_only_pyyaml_and_jsonschema(tmp_path):
-    """The `validate` extra: an interpreter that sees only pyyaml, jsonschema (and its deps) and llm_finetune."""
+    """The `validate` extra: an interpreter that sees only pyyaml, jsonschema (and its deps) and llm_finetune.
+    training.args/lora are still checked, against the field lists shipped with the package."""
     import jsonschema
     import yaml as _yaml
 
@@ -128,11 +129,16 @@ def test_works_with_only_pyyaml_and_jsonschema(tmp_path):
     assert Path(jsonschema.__file__).is_relative_to(site)
     code = ("import sys; sys.path[:0] = [sys.argv[1]]\n"
             "from llm_finetune.cli import main\n"
-            "rc = main(['validate', '-f', sys.argv[2], '--chart', sys.argv[3]])\n"
+            "rc = main(['validate', '-f', sys.argv[2], '--chart', sys.argv[3], *sys.argv[4:]])\n"
             "assert 'torch' not in sys.modules and 'kubernetes' not in sys.modules\n"
             "sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-S", "-c", code, str(iso), str(REPO / "values-examples" / "v1-llm-lora.yaml"),
-                           str(REPO / "chart")], capture_output=True, text=True, cwd=tmp_path)
+    argv = [sys.executable, "-S", "-c", code, str(iso), str(REPO / "values-examples" / "v1-llm-lora.yaml"), str(REPO / "chart")]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "notice: training.args: not checked: trl is not installed" in proc.stdout
+    assert "not checked" not in proc.stdout
     assert proc.stdout.strip().splitlines()[-1].startswith("valid:")
+    proc = subprocess.run(argv + ["--set", "training.lora.rank=8", "--set", "training.args.lr_scheduler_type=cosin"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "training.lora.rank: is not a LoraConfig field — did you mean 'r'?" in proc.stdout
+    assert "training.args.lr_scheduler_type: 'cosin' has the wrong type or value" in proc.stdout

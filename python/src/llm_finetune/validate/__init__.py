@@ -13,8 +13,8 @@ The entry points live in :mod:`.check`; :mod:`.values` (Helm's merge), :mod:`.st
 and :mod:`.introspect` (``training.args``/``training.lora`` against the installed libraries).
 
 Only ``pyyaml`` and ``jsonschema`` are needed (the ``validate`` extra); the
-TrainingArguments/LoraConfig check runs when transformers/trl/peft are importable and is
-skipped with a notice otherwise. Where the schema comes from: see :mod:`.values`.
+TrainingArguments/LoraConfig check uses the field lists of the pinned transformers/trl/peft
+shipped with the package (:mod:`.passthrough`), so it needs none of them and imports none. Where the schema comes from: see :mod:`.values`.
 """
 
 from ..core.problems import ERROR, NOTICE, WARNING, Problem
