@@ -30,7 +30,9 @@ ARCHITECTURE.md; the Python side reads them from config.yaml's paths, never hard
 {{/*
 The PyTorchJob name: fullname, or fullname-runId. The Training Operator names pods and
 services <job>-master-0 and <job>-worker-<i>; 52 characters keep those within 63 up to
-worker-999. The fullname is truncated, never the runId.
+worker-999. The fullname is truncated, never the runId. What a runId may be (a DNS-1123
+label, short enough to leave part of the fullname) is checked in one place only: runId's
+pattern and maxLength in values.schema.json, which Helm and the validator both apply.
 */}}
 {{- define "llm-finetune.jobName" -}}
 {{- $max := 52 }}
@@ -38,13 +40,7 @@ worker-999. The fullname is truncated, never the runId.
 {{- $id := toString .Values.runId }}
 {{- $name := $full | trunc $max | trimSuffix "-" }}
 {{- if $id }}
-{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $id) }}
-{{- fail (printf "runId: %q is not a DNS-1123 label; use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. --set runId=2)" $id) }}
-{{- end }}
-{{- if gt (len $id) 40 }}
-{{- fail (printf "runId: %q is %d characters; use at most 40 so that the job's pod names stay within 63" $id (len $id)) }}
-{{- end }}
-{{- $name = printf "%s-%s" ($full | trunc (int (sub $max (add1 (len $id)))) | trimSuffix "-") $id }}
+{{- $name = printf "%s-%s" ($full | trunc (max 0 (sub $max (add1 (len $id))) | int) | trimSuffix "-") $id }}
 {{- end }}
 {{- if not (regexMatch "^[a-z]" $name) }}
 {{- fail (printf "job name %q must start with a letter (the Training Operator requires a DNS-1035 name); set fullnameOverride" $name) }}
@@ -142,9 +138,6 @@ and NOTES.txt all mount or name the claim here.
 
 {{/* config.yaml: the one contract both images read (llm_finetune.config.load_config). No secrets. */}}
 {{- define "llm-finetune.config" -}}
-{{- if and (eq .Values.storage.mode "perPod") (not .Values.storage.perPod.outputToClaim) (not .Values.output.export.uri) }}
-{{- fail "output.export.uri: storage.mode=perPod with storage.perPod.outputToClaim=false keeps no output; set output.export.uri (s3://... or hf://...) or storage.perPod.outputToClaim=true" }}
-{{- end }}
 {{- $paths := dict "workspace" "/workspace" "model" "/workspace/model" "dataset" "/workspace/dataset" "cache" "/workspace/cache" "run" (include "llm-finetune.runPath" .) }}
 {{- $config := dict
   "apiVersion" "llm-finetune/v1"

@@ -10,10 +10,11 @@ import jsonschema
 import pytest
 import yaml
 
-from fixtures.render import CHART, job_config_text, render
+from fixtures.render import CHART, job_config_text, pytorchjob, render
 from llm_finetune.core import config as C
 from llm_finetune.core.yamlio import yaml_load
 from llm_finetune.core.errors import UserError
+from llm_finetune.core.helm import template
 
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -126,10 +127,15 @@ def test_schema_is_draft7_and_values_yaml_conforms():
     jsonschema.Draft7Validator(SCHEMA).validate(VALUES)
 
 
+def _in_condition(path):
+    """A node inside an if/then: it states a rule across fields, it does not define values."""
+    return bool(re.search(r"/(if|then)(/|$)", path))
+
+
 def test_every_property_has_a_description():
     missing = [f"{path}/{name}" for path, node in _walk(SCHEMA)
                for name, child in (node.get("properties") or {}).items()
-               if isinstance(child, dict) and not path.endswith(("/if", "/then")) and not child.get("description")]
+               if isinstance(child, dict) and not _in_condition(path) and not child.get("description")]
     missing += [f"#/definitions/{name}" for name, d in SCHEMA["definitions"].items() if not d.get("description")]
     assert missing == []
 
@@ -141,7 +147,7 @@ OPEN_OBJECTS = {"#/definitions/envList/items", "#/properties/global"}  # global:
 def test_every_object_with_properties_is_closed():
     open_ = [path for path, node in _walk(SCHEMA)
              if "properties" in node and node.get("additionalProperties") is not False
-             and not path.endswith(("/if", "/then")) and path not in OPEN_OBJECTS]
+             and not _in_condition(path) and path not in OPEN_OBJECTS]
     assert open_ == []
 
 
@@ -242,3 +248,55 @@ REFERENCE_FIELDS = {"secrets", "imagePullSecrets", "automountServiceAccountToken
 def test_no_values_field_can_hold_a_literal_secret():
     suspicious = [".".join(p) for p, _ in _schema_paths(SCHEMA) if SECRET_WORDS.search(p[-1]) and p[-1] not in REFERENCE_FIELDS]
     assert suspicious == []
+
+
+def test_every_rule_across_fields_says_what_is_wrong_and_how_to_fix_it():
+    """The validator words a failed if/then with the if's and the then's descriptions."""
+    conditions = [node for path, node in _walk(SCHEMA) if "if" in node and "then" in node]
+    assert len(conditions) >= 2  # job.resources' shorthand-or-full form, perPod without a claim
+    described = [node for node in conditions if "description" in node["if"]]
+    assert described and all(node["then"].get("description") for node in described)
+
+
+def test_the_run_id_limit_is_one_number(helm):
+    """runId's limit lives in the schema only: Helm (before rendering) and the validator apply
+    it, the templates and the validator's rules do not check it again, the docs quote it."""
+    from llm_finetune.validate import validate_values
+    from llm_finetune.validate.rules import semantic_problems
+
+    limit = SCHEMA["properties"]["runId"]["maxLength"]
+    assert pytorchjob(render(helm, {"runId": "r" * limit}))["metadata"]["name"].endswith("-" + "r" * limit)
+    with pytest.raises(UserError) as exc:
+        render(helm, {"runId": "r" * (limit + 1)})
+    assert names_field(str(exc.value), "runId")
+    too_long = {**VALUES, "runId": "r" * (limit + 1)}
+    problems = validate_values(too_long, SCHEMA, introspect=False)
+    assert [p.path for p in problems] == ["runId"] and f"at most {limit} characters" in problems[0].render()
+    for bad in ("r" * 70, "Bad_ID"):
+        assert [p for p in semantic_problems({**VALUES, "runId": bad}, introspect=False) if p.path == "runId"] == []
+    templates = "".join(f.read_text() for f in (CHART / "templates").rglob("*") if f.is_file())
+    assert not re.search(r"\bfail\b[^}]*runId", templates)
+    readme = (CHART.parent / "README.md").read_text()
+    documented = re.findall(r"at most (\d+) characters", SCHEMA["properties"]["runId"]["description"])
+    documented += re.findall(r"`runId`[^.]*at most (\d+) characters", readme)
+    assert len(documented) == 2 and set(map(int, documented)) == {limit}
+
+
+def test_per_pod_without_a_claim_is_one_schema_rule(helm4):
+    """storage.mode=perPod + outputToClaim=false needs output.export.uri: the schema's if/then,
+    worded for the validator by its descriptions (no template check, no validator rule)."""
+    from llm_finetune.validate import validate_values
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    values["storage"].update(mode="perPod", perPod={**values["storage"]["perPod"], "outputToClaim": False})
+    problems = validate_values(values, SCHEMA, introspect=False)
+    assert [(p.path, p.rule) for p in problems] == [("output.export.uri", "schema")]
+    text = problems[0].render()
+    assert "keeps no copy of the output" in text and "set output.export.uri" in text and "outputToClaim=true" in text
+    values["output"]["export"]["uri"] = "s3://bucket/run"
+    assert validate_values(values, SCHEMA, introspect=False) == []
+    del values["output"]  # e.g. output: null in a values file
+    assert [p.path for p in validate_values(values, SCHEMA, introspect=False)] == ["output"]
+    # the templates do not check it again: without the schema, Helm renders it
+    assert template(CHART, set_values=["storage.mode=perPod", "storage.perPod.outputToClaim=false"], helm=helm4,
+                    extra_args=["--skip-schema-validation"])

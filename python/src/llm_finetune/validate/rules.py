@@ -133,7 +133,8 @@ def _int(value: Any) -> int | None:
 def rule_names(v: dict[str, Any]) -> Iterator[Problem]:
     label_hint = "use lowercase letters, digits and '-', starting and ending with a letter or digit (DNS-1123 label, at most 63 characters)"
     sub_hint = "use lowercase letters, digits, '-' and '.', starting and ending with a letter or digit (DNS-1123 subdomain)"
-    for path in ("runId", "nameOverride", "fullnameOverride"):
+    # runId is checked by the schema alone (pattern, maxLength): one limit, which Helm applies too.
+    for path in ("nameOverride", "fullnameOverride"):
         name = get(v, path, "")
         if isinstance(name, str) and name and not is_dns1123_label(name):
             yield Problem(path, f"{name!r} is not a valid Kubernetes name", label_hint, ERROR, "names")
@@ -320,16 +321,9 @@ def rule_method_and_task(v: dict[str, Any]) -> Iterator[Problem]:
         yield Problem("model.trustRemoteCode", "runs Python code from the model repo in the trainer", "enable it only for repos you trust", WARNING, "security")
 
 
-def rule_output(v: dict[str, Any]) -> Iterator[Problem]:
-    if (get(v, "storage.mode") == "perPod" and get(v, "storage.perPod.outputToClaim") is False
-            and not get(v, "output.export.uri", "")):
-        yield Problem("output.export.uri", "perPod mode with storage.perPod.outputToClaim=false keeps no copy of the output: it is lost when the pods end",
-                      "set output.export.uri (s3:// or hf://), or storage.perPod.outputToClaim=true", ERROR, "output")
-
-
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Problem]], ...] = (
     rule_names, rule_storage_sharing, rule_quantities, rule_gpu_procs, rule_uris, rule_secrets,
-    rule_method_and_task, rule_output,
+    rule_method_and_task,
 )
 
 

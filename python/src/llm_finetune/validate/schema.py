@@ -65,10 +65,30 @@ def _at(root: Any, path: list[Any]) -> Any:
     return root
 
 
+def _condition(error: Any, schema: dict[str, Any]) -> tuple[str, str] | None:
+    """(what is wrong, how to fix) of a rule across fields: an ``if``/``then`` whose ``then``
+    the values fail, described by the ``if``'s and the ``then``'s ``description``."""
+    node: Any = schema
+    found = None
+    for part in error.absolute_schema_path:
+        if part == "then" and isinstance(node, dict) and "description" in node.get("if", {}):
+            found = (node["if"]["description"], node["then"].get("description", ""))
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return found
+    return found
+
+
 def _problem(error: Any, schema: dict[str, Any], root: Any) -> Problem:
     path = list(error.absolute_path)
     where = format_path(path) or "(values)"
     kw, value = error.validator, error.instance
+    condition = _condition(error, schema)
+    if condition:
+        if kw == "required":
+            path.append(error.message.split("'")[1] if "'" in error.message else "")
+        return Problem(format_path(path) or where, condition[0], condition[1], ERROR, "schema")
     hint = _describe(schema, path)
     if kw == "additionalProperties":
         parent = error.schema.get("properties", {})
