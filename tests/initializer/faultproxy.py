@@ -7,7 +7,12 @@ close``), so faults hit a share of *requests*, not of connections. Per request, 
 body and then resets (a broken stream). ``delay`` sleeps before forwarding (to slow a
 download down so that a test can kill it midway). ``rewrite(body) -> body`` edits response
 bodies (e.g. to list keys that SeaweedFS refuses to store but AWS S3 accepts, like
-``../x``). ``requests`` and ``faults`` count.
+``../x``). ``corrupt`` flips one byte in the middle of the bodies of GETs whose request line
+contains that string (``corrupt_times`` times, or always): data damaged on the way. ``rate``
+limits the bandwidth to the clients (bytes/s, all connections together), like a network
+slower than the client, so that ``sent`` (response bytes handed to the clients' sockets) is
+what the clients received and not bytes parked in loopback socket buffers.
+``requests`` and ``faults`` count.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from urllib.parse import urlsplit
+
 
 def _slow_down() -> bytes:
     body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
@@ -35,11 +41,17 @@ def _reset(sock: socket.socket) -> None:
 
 class FaultProxy:
     def __init__(self, upstream: str, *, reset: float = 0.0, error503: float = 0.0, cut: float = 0.0,
-                 delay: float = 0.0, seed: int = 0, rewrite=None) -> None:
+                 delay: float = 0.0, seed: int = 0, rewrite=None, rate: float = 0.0, corrupt: str | None = None,
+                 corrupt_times: int | None = None) -> None:
         u = urlsplit(upstream)
         self.upstream = (u.hostname, u.port)
         self.reset, self.error503, self.cut, self.delay = reset, error503, cut, delay
         self.rewrite = rewrite
+        self.rate = rate  # bytes/s over all connections (0: unlimited): a network slower than the client
+        self.corrupt = corrupt  # GET bodies of paths containing this get one byte flipped on the way
+        self.corrupt_times = corrupt_times  # that many times (None: always)
+        self.sent = 0  # response bytes written to clients (headers included)
+        self._next_send = time.monotonic()
         self.rng = random.Random(seed)
         self.requests: Counter[str] = Counter()  # method -> count
         self.faults: Counter[str] = Counter()
@@ -121,28 +133,60 @@ class FaultProxy:
             conn.sendall(_slow_down())
             return
         cut = roll < self.reset + self.error503 + self.cut
+        flip = method == "GET" and self._take_corrupt(lines[0].decode("latin-1"))
         request = b"\r\n".join(kept + [b"Connection: close"]) + b"\r\n\r\n" + body
         with socket.create_connection(self.upstream) as up:
             up.sendall(request)
             if self.rewrite is not None:
                 return conn.sendall(self._rewritten(up))
-            buf = b""
-            while True:
-                chunk = up.recv(65536)
-                if not chunk:
-                    break
-                if cut:
-                    buf += chunk
-                    if b"\r\n\r\n" in buf:
-                        h, _, rest = buf.partition(b"\r\n\r\n")
-                        if len(rest) >= 2:
-                            self.faults["cut"] += 1
-                            conn.sendall(h + b"\r\n\r\n" + rest[: len(rest) // 2])
-                            return _reset(conn)
-                    continue
-                conn.sendall(chunk)
-            if cut and buf:  # body too short to cut: forward it whole
-                conn.sendall(buf)
+            self._forward(conn, up, cut=cut, flip=flip)
+
+    def _take_corrupt(self, request_line: str) -> bool:
+        with self._lock:
+            if self.corrupt is None or self.corrupt not in request_line or self.corrupt_times == 0:
+                return False
+            if self.corrupt_times is not None:
+                self.corrupt_times -= 1
+            return True
+
+    def _forward(self, conn: socket.socket, up: socket.socket, *, cut: bool, flip: bool) -> None:
+        """Upstream's answer to the client: whole, cut midway (then a reset), or with one body byte flipped."""
+        buf = b""
+        while chunk := up.recv(65536):
+            if not (cut or flip):
+                self._send(conn, chunk)
+                continue
+            buf += chunk
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if not sep:
+                continue
+            if cut and len(rest) >= 2:
+                self.faults["cut"] += 1
+                conn.sendall(head + sep + rest[: len(rest) // 2])
+                return _reset(conn)
+            if flip and rest and head.startswith(b"HTTP/1.1 20"):
+                i = len(rest) // 2
+                self.faults["corrupt"] += 1
+                self._send(conn, head + sep + rest[:i] + bytes([rest[i] ^ 0x01]) + rest[i + 1:])
+                buf, flip = b"", False
+        if buf:  # a body too short to cut or flip: forwarded whole
+            self._send(conn, buf)
+
+    def _send(self, conn: socket.socket, data: bytes) -> None:
+        """Forward ``data`` (at ``rate`` when set) and count it."""
+        step = 16384 if self.rate else len(data)
+        for i in range(0, len(data), step):
+            piece = data[i:i + step]
+            if self.rate:
+                with self._lock:
+                    now = time.monotonic()
+                    start = max(now, self._next_send)
+                    self._next_send = start + len(piece) / self.rate
+                if start > now:
+                    time.sleep(start - now)
+            conn.sendall(piece)
+            with self._lock:
+                self.sent += len(piece)
 
     def _rewritten(self, up: socket.socket) -> bytes:
         data = b""

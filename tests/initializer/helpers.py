@@ -49,3 +49,22 @@ def tree_digest(root: Path) -> dict[str, str]:
     return out
 
 
+
+
+def kill_midway(config: Path, env: dict[str, str], ready, *, timeout: float = 90) -> None:
+    """Start ``llm-finetune initialize`` and SIGKILL it as soon as ``ready()`` is true (it must not end first)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([CLI, "initialize", "--config", str(config)], env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the download did not get there in time"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()

@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 
 import pytest
 
 from initializer.conftest import BUCKET
 from initializer.faultproxy import FaultProxy
-from initializer.helpers import CLI, run_cli, tree_digest, write_config
+from initializer.helpers import CLI, kill_midway, run_cli, tree_digest, write_config
 from llm_finetune.core.config import load_config
 from llm_finetune.core.errors import UserError
 from llm_finetune.initializer.base import JOURNAL_NAME
+from llm_finetune.initializer.journal import Journal
 from llm_finetune.initializer.command import initialize
 from llm_finetune.core.layout import load_dataset_dict
 from llm_finetune.initializer.s3 import S3Provider
@@ -151,29 +150,22 @@ def test_faults_beyond_the_budget_exit_202(tmp_path, s3_assets, termination_log)
     assert proxy.requests["GET"] == 3
 
 
+def _done(journal) -> int:
+    return sum(e.done for e in Journal(journal).load().values()) if journal.exists() else 0
+
+
 def test_resume_after_kill(tmp_path, s3_assets, s3_env, caplog):
-    """Kill -9 midway: no manifest; the rerun keeps finished files, fetches the rest, same bytes."""
+    """Kill -9 midway: no manifest; the rerun keeps finished files (hashed again), fetches the rest, same bytes."""
     with FaultProxy(s3_assets.endpoint, delay=0.08) as proxy:
         ep = proxy.endpoint
         config = write_config(tmp_path, model=s3(ep, f"s3://{BUCKET}/models/tiny"),
                               dataset=s3(ep, f"s3://{BUCKET}/many/"),
                               download={"multipartThresholdMiB": 1, "concurrency": 2})
         journal = tmp_path / "ws" / "dataset" / JOURNAL_NAME
-        proc = subprocess.Popen([CLI, "initialize", "--config", str(config)], env={**os.environ, **s3_env},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while not (journal.exists() and len(journal.read_text().splitlines()) >= 15):
-                assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline, "the download never got going"
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.wait()
-            proc.stderr.close()
+        kill_midway(config, s3_env, lambda: _done(journal) >= 15)
         assert read_manifest(tmp_path / "ws" / "dataset") is None  # partial: no manifest
         assert read_manifest(tmp_path / "ws" / "model") is not None  # the model finished first
-        done_before = len(journal.read_text().splitlines())
+        done_before = _done(journal)
         assert 15 <= done_before < 61
 
         proxy.delay = 0
@@ -182,7 +174,7 @@ def test_resume_after_kill(tmp_path, s3_assets, s3_env, caplog):
         result = initialize(load_config(config))
         dataset_dir = tmp_path / "ws" / "dataset"
         assert tree_digest(dataset_dir) == tree_digest(s3_assets.many_dir)
-        assert f"{done_before} already on the volume" in caplog.text
+        assert f"{done_before} verified on the volume" in caplog.text
         total = sum(p.stat().st_size for p in s3_assets.many_dir.rglob("*") if p.is_file())
         assert 0 < result["dataset"]["transferredBytes"] < total
         # GETs only for what was missing: at most the unfinished objects (big.bin as 4 parts).

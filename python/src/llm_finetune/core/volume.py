@@ -11,10 +11,18 @@ completion manifest, ``.llm-finetune-manifest.json``, written last and atomicall
       "layout": "files" | "save_to_disk",  # datasets only: how to load it
       "fileType": "jsonl",                 # datasets with layout=files: json|jsonl|csv|parquet|arrow
       "splits": {"train": ["train.jsonl"], "test": ["test.jsonl"]},  # datasets, layout=files
-      "files": [{"path": "...", "size": 123, "sha256": "..."}],
+      "files": [{"path": "...", "size": 123,
+                 "etag": "..." | "sha256": "..." | "gitOid": "...",   # S3 ETag / Hub LFS oid / git blob id
+                 "checksum": {"algorithm": "md5", "value": "...", "source": "ETag"}}],
       "createdAt": "2026-11-28T21:00:00Z",
       "tool": "llm-finetune 0.1.0"
     }
+
+``checksum`` is what the file was verified against before it was put in place
+(:class:`llm_finetune.core.digest.Checksum`: ``algorithm`` md5 | sha256 | sha1 | crc32 |
+git-sha1, ``value`` in hex, ``-N`` for a multipart/composite value with ``partSize`` or
+``partSizes``, and its ``source``); it is absent when the source published none (the size
+was checked).
 
 A directory whose manifest is present and whose ``sourceKey`` matches the request is
 complete: reruns download nothing. A directory without a manifest is partial and is

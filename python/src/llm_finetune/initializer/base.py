@@ -230,6 +230,11 @@ class Progress:
             self.files += files
             self.reporter.update(self.bytes, self._extra())
 
+    def grow(self, nbytes: int) -> None:
+        """``nbytes`` more to transfer than planned (a file fetched again)."""
+        with self._lock:
+            self.reporter.total = (self.reporter.total or 0) + nbytes
+
     def finish(self) -> None:
         with self._lock:
             self.reporter.done = self.bytes
