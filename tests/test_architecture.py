@@ -21,6 +21,8 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
 def lint_imports(project: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    assert LINT_IMPORTS.is_file(), (f"{LINT_IMPORTS} is missing: pip install -c python/constraints.txt "
+                                    "-r python/requirements-test.txt (make test does)")
     return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=project, capture_output=True, text=True, env=env,
                           timeout=300)
 

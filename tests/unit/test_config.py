@@ -5,6 +5,7 @@ import yaml
 
 from llm_finetune.core import config as C
 from llm_finetune.core.errors import ConfigError
+from llm_finetune.validate import check_job_config
 
 
 def minimal(**over):
@@ -41,8 +42,6 @@ def test_round_trip_to_dict():
     (minimal(model={"uri": "hf://o/m", "revison": "x"}), "model.revison", "did you mean 'revision'"),
     (minimal(data={"maxSeqLength": "long"}), "data.maxSeqLength", "expected an integer"),
     (minimal(model={"uri": "hf://o/m", "trustRemoteCode": "yes"}), "model.trustRemoteCode", "true or false"),
-    (minimal(training={"method": "prefix"}), "training.method", "not one of"),
-    (minimal(model={"uri": ""}), "model.uri", "is empty"),
     (minimal(apiVersion="llm-finetune/v9"), "apiVersion", "unsupported config version"),
     (minimal(model={"uri": "hf://o/m", "allowPatterns": "*.json"}), "model.allowPatterns", "expected a list"),
 ])
@@ -50,6 +49,23 @@ def test_bad_config_names_the_field(data, field, words):
     with pytest.raises(ConfigError) as exc:
         C.from_dict(data)
     assert str(exc.value).startswith(f"{field}:")
+    assert words in str(exc.value)
+
+
+@pytest.mark.parametrize("over, field, words", [
+    ({"training": {"method": "prefix"}}, "training.method", "is not allowed — use one of 'lora', 'dora', 'qlora', 'full'"),
+    ({"model": {"uri": ""}}, "model.uri", "'' does not match"),
+    ({"storage": {"mode": "everywhere"}}, "storage.mode", "is not allowed — use one of 'shared', 'perPod'"),
+    ({"model": {"uri": "hf://o/m", "torchDtype": "int4"}}, "model.torchDtype", "is not allowed"),
+    ({"training": {"qlora": {"bits": 3}}}, "training.qlora.bits", "is not allowed"),
+])
+def test_allowed_values_are_checked_once_by_the_validator(over, field, words):
+    """The loader reads types; allowed values are the chart schema's, which the images apply
+    through the validator (the trainer at start): one check, not a second list in the loader."""
+    cfg = C.from_dict(minimal(**over))
+    with pytest.raises(ConfigError) as exc:
+        check_job_config(cfg)
+    assert str(exc.value).startswith(f"{field}:"), str(exc.value)
     assert words in str(exc.value)
 
 

@@ -41,12 +41,12 @@ def problems(overlay, severity=None):
     ({"secrets": {"hf": {"existingSecret": "-bad"}}}, "secrets.hf.existingSecret", "not a valid Kubernetes object name"),
     ({"fullnameOverride": "Fine.Tune"}, "fullnameOverride", "not a valid Kubernetes name"),
     # method / task
-    ({"training": {"method": "qlora"}}, "training.method", "qlora needs a GPU"),
+    ({"training": {"method": "qlora"}}, "training.method", "qlora needs a CUDA GPU"),
     ({"model": {"transformerType": "AutoModelForSequenceClassification", "numLabels": 2}, "data": {"packing": True}},
      "data.packing", "sequence classification cannot"),
     ({"model": {"transformerType": "AutoModelForSequenceClassification", "numLabels": 2}, "data": {"format": "chat"}},
      "data.format", "causal LM format"),
-    ({"model": {"transformerType": "AutoModelForMaskedLM"}}, "model.transformerType", "fine-tunes"),
+    ({"model": {"transformerType": "AutoModelForMaskedLM"}}, "model.transformerType", "does not train it"),
     ({"training": {"method": "full"}, "output": {"mergeAdapter": True}}, "output.mergeAdapter", "lora or dora"),
     # output kept nowhere
     ({"storage": {"mode": "perPod", "perPod": {"outputToClaim": False}}}, "output.export.uri", "keeps no copy of the output"),

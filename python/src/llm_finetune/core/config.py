@@ -10,7 +10,9 @@ the values sections ``model``, ``dataset``, ``data``, ``training``, ``output`` a
   ``data.columnMapping``) keep their keys as they are.
 * Loading is strict: an unknown or mistyped key is a :class:`ConfigError` naming the
   field and the fix. ``tests/`` check that these dataclasses and ``values.schema.json``
-  describe the same fields.
+  describe the same fields. Allowed values (the schema's enums and patterns) and the rules
+  between fields are the validator's: the trainer applies it at start
+  (:func:`llm_finetune.validate.check_job_config`).
 * No secrets ever live here: tokens and keys come from the environment only.
 * ``LLM_FINETUNE_PATH_MAP`` (``/workspace=/tmp/ws,/output=/tmp/out``) maps pod paths to
   local folders for ``llm-finetune run-local``; in a pod it is unset.
@@ -36,18 +38,6 @@ PATH_MAP_ENV = "LLM_FINETUNE_PATH_MAP"
 
 CAUSAL_LM = "AutoModelForCausalLM"
 SEQUENCE_CLASSIFICATION = "AutoModelForSequenceClassification"
-# transformer_type values of the v1 reference (kubeflow-training 1.9.4 TRANSFORMER_TYPES).
-V1_TRANSFORMER_TYPES = (
-    "AutoModelForSequenceClassification",
-    "AutoModelForTokenClassification",
-    "AutoModelForQuestionAnswering",
-    "AutoModelForCausalLM",
-    "AutoModelForMaskedLM",
-    "AutoModelForImageClassification",
-)
-METHODS = ("lora", "dora", "qlora", "full")
-DATA_FORMATS = ("auto", "text", "instruction", "chat")
-STORAGE_MODES = ("shared", "perPod")
 
 
 def camel_to_snake(name: str) -> str:
@@ -317,24 +307,7 @@ def from_dict(data: dict[str, Any]) -> JobConfig:
     if cfg.api_version != CONFIG_API_VERSION:
         raise ConfigError(f"unsupported config version {cfg.api_version!r}", field="apiVersion",
                           hint=f"this image reads {CONFIG_API_VERSION}; use the chart version that matches the image")
-    _check_choices(cfg)
     return apply_path_map(cfg)
-
-
-def _check_choices(cfg: JobConfig) -> None:
-    checks = [
-        ("training.method", cfg.training.method, METHODS),
-        ("data.format", cfg.data.format, DATA_FORMATS),
-        ("storage.mode", cfg.storage.mode, STORAGE_MODES),
-        ("model.transformerType", cfg.model.transformer_type, V1_TRANSFORMER_TYPES),
-    ]
-    for where, value, allowed in checks:
-        if value not in allowed:
-            raise ConfigError(f"{value!r} is not one of {', '.join(allowed)}", field=where)
-    if not cfg.model.uri:
-        raise ConfigError("is empty", field="model.uri", hint="set hf://org/name, s3://bucket/prefix or a path on the volume")
-    if not cfg.dataset.uri:
-        raise ConfigError("is empty", field="dataset.uri", hint="set hf://org/name, s3://bucket/prefix or a path on the volume")
 
 
 def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> JobConfig:

@@ -1,4 +1,7 @@
-"""Pass-through keys the chart and the trainer manage themselves.
+"""The job config contract beyond its types: managed pass-through keys and the rules that
+both the validator (on values or a rendered config) and the trainer (at start, with what
+it sees at run time) apply. Each rule is written once, here, and yields
+:class:`~.problems.Problem` objects from plain inputs.
 
 ``training.args`` (TrainingArguments / SFTConfig) and ``training.lora`` (LoraConfig) are
 passed through verbatim, except for the keys below: the validator rejects them in values
@@ -6,6 +9,18 @@ and in a rendered config, and the trainer rejects them before it builds the argu
 """
 
 from __future__ import annotations
+
+from typing import Iterator
+
+from .config import CAUSAL_LM, SEQUENCE_CLASSIFICATION
+from .problems import ERROR, Problem
+
+# transformers Auto classes the trainer fine-tunes (the config accepts every v1 transformer_type).
+TRAINED_TYPES = (CAUSAL_LM, SEQUENCE_CLASSIFICATION)
+# Methods whose adapter is trained in full precision: it can be merged into the base model.
+MERGEABLE_METHODS = ("lora", "dora")
+# data.format values that only causal LMs read.
+CAUSAL_LM_FORMATS = ("instruction", "chat")
 
 # training.args keys whose value the chart decides (paths, resume, export, model loading).
 CHART_MANAGED = {
@@ -32,3 +47,38 @@ def reserved_args() -> dict[str, tuple[str, str]]:
     reserved = {k: ("is set by the chart (paths are chart-managed)", why) for k, why in CHART_MANAGED.items()}
     reserved.update({k: ("comes from the data section", f"set {where} instead") for k, where in FROM_DATA.items()})
     return reserved
+
+
+def qlora_gpu_problems(method: str | None, gpus: int | None, *, no_gpu: str) -> Iterator[Problem]:
+    """QLoRA needs a CUDA GPU. ``gpus``: GPUs the trainer gets (None: unknown, not checked);
+    ``no_gpu`` says where none was found ("job.resources requests none", "none is visible")."""
+    if method == "qlora" and gpus == 0:
+        yield Problem("training.method", f"qlora needs a CUDA GPU (bitsandbytes 4/8-bit kernels), and {no_gpu}",
+                      "request GPUs with job.resources.gpu (or limits nvidia.com/gpu), or use method lora", ERROR, "method")
+
+
+def merge_problems(method: str | None, merge_adapter: bool) -> Iterator[Problem]:
+    """output.mergeAdapter needs an adapter trained in full precision (lora or dora)."""
+    if merge_adapter and isinstance(method, str) and method not in MERGEABLE_METHODS:
+        yield Problem("output.mergeAdapter",
+                      f"merging needs an adapter trained in full precision (training.method lora or dora), not {method}",
+                      "set it to false, or train with lora/dora", ERROR, "method")
+
+
+def task_problems(transformer_type: str | None, *, packing: bool | None = None,
+                  data_format: str | None = None) -> Iterator[Problem]:
+    """The task the trainer fine-tunes, and the data settings a sequence classifier cannot use."""
+    if not isinstance(transformer_type, str):
+        return
+    if transformer_type not in TRAINED_TYPES:
+        yield Problem("model.transformerType",
+                      f"{transformer_type} is accepted for v1 compatibility but this trainer does not train it",
+                      f"use one of {', '.join(TRAINED_TYPES)}", ERROR, "task")
+    if transformer_type != SEQUENCE_CLASSIFICATION:
+        return
+    if packing:
+        yield Problem("data.packing", "packing joins samples into one sequence, which sequence classification cannot do",
+                      "set data.packing to null or false", ERROR, "task")
+    if data_format in CAUSAL_LM_FORMATS:
+        yield Problem("data.format", f"format {data_format!r} is a causal LM format, not available for sequence "
+                      "classification", "use text or auto (data.textColumn + data.labelColumn)", ERROR, "task")

@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import CAUSAL_LM, JobConfig, to_dict
+from ..core.contract import task_problems
 from ..core.dataset import columns_of, instruction_prompt, load_volume_dataset, render_prompt
 from ..core.errors import ConfigError, FinetuneError, UserError
+from ..core.problems import raise_first_error
 from ..core.retry import describe
 from ..core.volume import read_manifest, sha256_file, walk_files
 
@@ -72,9 +74,7 @@ def resolve_format(cfg: JobConfig, columns: list[str], first: dict[str, Any], to
     d = cfg.data
     fmt = d.format
     if cfg.model.transformer_type != CAUSAL_LM:
-        if fmt not in ("auto", TEXT):
-            raise ConfigError(f"format {fmt!r} is not available for sequence classification", field="data.format",
-                              hint="use text (data.textColumn + data.labelColumn)")
+        raise_first_error(task_problems(cfg.model.transformer_type, data_format=fmt))
         for col, field, what in ((d.text_column, "data.textColumn", "text"), (d.label_column, "data.labelColumn", "label")):
             if col not in columns:
                 raise _missing(col, columns, field, what)

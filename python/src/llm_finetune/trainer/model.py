@@ -14,45 +14,31 @@ import logging
 import os
 from typing import Any
 
-from ..core.config import CAUSAL_LM, SEQUENCE_CLASSIFICATION, JobConfig
-from ..core.contract import RESERVED_LORA
+from ..core.config import SEQUENCE_CLASSIFICATION, JobConfig
+from ..core.contract import RESERVED_LORA, qlora_gpu_problems
 from ..core.errors import ConfigError, UserError
 from ..core.problems import raise_first_error
 from ..core.retry import describe
 
 log = logging.getLogger("llm_finetune.trainer")
 
-SUPPORTED_TYPES = (CAUSAL_LM, SEQUENCE_CLASSIFICATION)
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-
-
-def cuda_available() -> bool:
+def gpu_count() -> int:
     import torch
 
-    return torch.cuda.is_available()
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def check_config(cfg: JobConfig) -> None:
-    """Checks that need no model: fail in seconds, before anything heavy is loaded."""
-    if cfg.model.transformer_type not in SUPPORTED_TYPES:
-        raise ConfigError(f"{cfg.model.transformer_type} is accepted for v1 compatibility but this trainer does not train it",
-                          field="model.transformerType", hint=f"use one of {', '.join(SUPPORTED_TYPES)}")
-    method = cfg.training.method
-    if method == "qlora" and not cuda_available():
-        raise ConfigError("qlora needs a CUDA GPU (bitsandbytes 4/8-bit kernels); none is visible", field="training.method",
-                          hint="request GPUs in job.resources (gpu: 1), or use method lora on CPU")
-    if method == "qlora" and cfg.training.qlora.bits not in (4, 8):
-        raise ConfigError(f"{cfg.training.qlora.bits} is not 4 or 8", field="training.qlora.bits")
-    if cfg.output.merge_adapter and method not in ("lora", "dora"):
-        raise ConfigError(f"merging needs an adapter trained in full precision (training.method lora or dora), not {method}",
-                          field="output.mergeAdapter", hint="set it to false, or train with lora/dora")
-    if cfg.model.torch_dtype not in DTYPES:
-        raise ConfigError(f"{cfg.model.torch_dtype!r} is not one of {', '.join(DTYPES)}", field="model.torchDtype")
-    if cfg.model.transformer_type == SEQUENCE_CLASSIFICATION and cfg.data.packing:
-        raise ConfigError("packing joins samples into one sequence; sequence classification needs one sample per sequence",
-                          field="data.packing", hint="set data.packing to null or false")
+    """Checks that need no model: fail in seconds, before anything heavy is loaded.
+
+    The validator's checks of the config (schema, strict loader, the contract rules), the
+    QLoRA rule with the GPUs this process sees, keys the trainer sets itself, and the volume.
+    """
+    from ..validate import check_job_config
     from ..validate.introspect import reserved_problems
 
+    check_job_config(cfg)
+    raise_first_error(qlora_gpu_problems(cfg.training.method, gpu_count(), no_gpu="none is visible"))
     raise_first_error(reserved_problems(cfg.training.lora, "training.lora", RESERVED_LORA))
     model_dir = cfg.model_dir
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
@@ -123,9 +109,7 @@ def load_model(cfg: JobConfig, tokenizer, *, num_labels: int | None, label_names
         from transformers import BitsAndBytesConfig
 
         q = cfg.training.qlora
-        compute = getattr(torch, q.compute_dtype, None)
-        if compute is None:
-            raise ConfigError(f"{q.compute_dtype!r} is not a torch dtype", field="training.qlora.computeDtype")
+        compute = getattr(torch, q.compute_dtype)  # one of the schema's enum (check_config)
         kwargs["quantization_config"] = (
             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
                                bnb_4bit_compute_dtype=compute)

@@ -18,8 +18,8 @@ shipped with the package (:mod:`.passthrough`), so it needs none of them and imp
 """
 
 from ..core.problems import ERROR, NOTICE, WARNING, Problem
-from .check import (CONFIG_SECTIONS, Report, config_values, validate_config, validate_config_file, validate_files,
-                    validate_values)
+from .check import (CONFIG_SECTIONS, Report, check_job_config, config_values, validate_config, validate_config_file,
+                    validate_files, validate_values)
 
 __all__ = ["Problem", "Report", "ERROR", "WARNING", "NOTICE", "CONFIG_SECTIONS", "validate_values", "validate_files",
-           "validate_config", "validate_config_file", "config_values"]
+           "validate_config", "validate_config_file", "config_values", "check_job_config"]

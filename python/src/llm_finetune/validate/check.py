@@ -7,6 +7,7 @@
 * :func:`validate_config` — a rendered ``config.yaml`` (the preflight hook): each values
   section against its part of the same schema, the strict config loader, and the rules
   that apply to what a config (plus optional extra values) holds.
+* :func:`check_job_config` — the same for the images: the trainer applies it at start.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..core.problems import ERROR, WARNING, Problem
+from ..core.config import JobConfig
+from ..core.problems import ERROR, WARNING, Problem, raise_first_error
 
 CONFIG_SECTIONS = ("model", "dataset", "data", "training", "output", "download")
 
@@ -110,18 +112,29 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any], *, extra_val
     from .values import merge_maps
 
     problems: list[Problem] = []
-    for section in CONFIG_SECTIONS:
-        if section in config:
-            for p in schema_problems(config[section], section_schema(schema, section)):
-                path = f"{section}.{p.path}" if p.path != "(values)" else section
-                problems.append(Problem(path, p.message, p.hint, p.severity, p.rule))
+    view = config_values(config)
+    for section, value in view.items():
+        for p in schema_problems(value, section_schema(schema, section)):
+            path = f"{section}.{p.path}" if p.path != "(values)" else section
+            problems.append(Problem(path, p.message, p.hint, p.severity, p.rule))
     if not problems:  # the strict loader stops at the first problem: run it when the schema found none
         try:
             from_dict(config)
         except ConfigError as exc:
             problems.append(Problem(exc.field or "config", exc.message, exc.hint or "", ERROR, "config"))
-    view = merge_maps(config_values(config), extra_values or {})
-    return _combine(problems, semantic_problems(view, introspect=introspect))
+    return _combine(problems, semantic_problems(merge_maps(view, extra_values or {}), introspect=introspect))
+
+
+def check_job_config(cfg: JobConfig, chart: str | os.PathLike[str] | None = None) -> None:
+    """For the images: the validator's checks of a loaded job config, the first error raised as a ConfigError.
+
+    :func:`validate_config` on ``cfg`` (its values sections against the chart's schema, the
+    strict loader, the semantic rules); the ``training.args``/``training.lora`` introspection
+    is left to the trainer, which checks them against the classes it builds.
+    """
+    from . import values as V
+
+    raise_first_error(validate_config(cfg.to_dict(), V.load_schema(V.chart_dir(chart)), introspect=False))
 
 
 def validate_config_file(path: str | os.PathLike[str], chart: str | os.PathLike[str] | None = None, *,

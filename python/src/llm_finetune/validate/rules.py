@@ -12,13 +12,11 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterator
 
+from ..core.config import CAUSAL_LM
+from ..core.contract import merge_problems, qlora_gpu_problems, task_problems
 from ..core.problems import ERROR, NOTICE, WARNING, Problem
 
 MISSING: Any = object()
-
-CAUSAL_LM = "AutoModelForCausalLM"
-SEQUENCE_CLASSIFICATION = "AutoModelForSequenceClassification"
-SUPPORTED_TRANSFORMER_TYPES = (CAUSAL_LM, SEQUENCE_CLASSIFICATION)
 GPU_RESOURCE = "nvidia.com/gpu"
 SHAREABLE_ACCESS_MODES = ("ReadWriteMany", "ReadOnlyMany")
 # Hub organisations whose models are gated (a token of an account that accepted the licence is needed).
@@ -299,24 +297,14 @@ def rule_secrets(v: dict[str, Any]) -> Iterator[Problem]:
 
 
 def rule_method_and_task(v: dict[str, Any]) -> Iterator[Problem]:
-    method = get(v, "training.method")
-    ttype = get(v, "model.transformerType", CAUSAL_LM)
-    if method == "qlora" and get(v, "job.resources") is not MISSING and gpus_per_pod(v) == 0:
-        yield Problem("training.method", "qlora needs a GPU (bitsandbytes quantization), and job.resources requests none",
-                      "request GPUs with job.resources.gpu (or limits nvidia.com/gpu), or use method lora", ERROR, "method")
-    if isinstance(ttype, str) and ttype not in SUPPORTED_TRANSFORMER_TYPES:
-        yield Problem("model.transformerType", f"the trainer fine-tunes {CAUSAL_LM} and {SEQUENCE_CLASSIFICATION} only, not {ttype}",
-                      f"use {CAUSAL_LM} or {SEQUENCE_CLASSIFICATION}", ERROR, "task")
-    if ttype == SEQUENCE_CLASSIFICATION:
-        if get(v, "data.packing") is True:
-            yield Problem("data.packing", "packing joins samples into one sequence, which sequence classification cannot do",
-                          "set data.packing to false or null", ERROR, "task")
-        if get(v, "data.format", "auto") in ("instruction", "chat"):
-            yield Problem("data.format", f"{get(v, 'data.format')!r} is a causal LM format; sequence classification reads data.textColumn and data.labelColumn",
-                          "set data.format to text or auto", ERROR, "task")
-    if get(v, "output.mergeAdapter") is True and method in ("full", "qlora"):
-        yield Problem("output.mergeAdapter", f"merging needs an adapter trained in full precision (lora or dora), not {method}",
-                      "set it to false, or train with lora/dora", ERROR, "method")
+    """The contract rules (:mod:`llm_finetune.core.contract`) on what the values hold; the trainer
+    applies the same rules at start, with the GPUs it sees."""
+    method = get(v, "training.method", None)
+    gpus = gpus_per_pod(v) if get(v, "job.resources") is not MISSING else None
+    yield from qlora_gpu_problems(method, gpus, no_gpu="job.resources requests none")
+    yield from task_problems(get(v, "model.transformerType", CAUSAL_LM), packing=get(v, "data.packing") is True,
+                             data_format=get(v, "data.format", "auto"))
+    yield from merge_problems(method, get(v, "output.mergeAdapter") is True)
     if get(v, "model.trustRemoteCode") is True:
         yield Problem("model.trustRemoteCode", "runs Python code from the model repo in the trainer", "enable it only for repos you trust", WARNING, "security")
 
