@@ -34,6 +34,12 @@ def _slow_down() -> bytes:
     return head + body
 
 
+def _closing(head: bytes) -> bytes:
+    """A response head with ``Connection: close`` (and the blank line that ends it)."""
+    lines = [ln for ln in head.split(b"\r\n") if not ln.lower().startswith(b"connection:")]
+    return b"\r\n".join(lines + [b"Connection: close"]) + b"\r\n\r\n"
+
+
 def _reset(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
@@ -150,31 +156,39 @@ class FaultProxy:
             return True
 
     def _forward(self, conn: socket.socket, up: socket.socket, *, cut: bool, flip: bool) -> None:
-        """Upstream's answer to the client: whole, cut midway (then a reset), or with one body byte flipped."""
-        buf = b""
+        """Upstream's answer to the client: whole, cut midway (then a reset), or with one body byte flipped.
+
+        Its head gets ``Connection: close`` (this proxy closes after each request: a client must not reuse it).
+        """
+        buf, head = b"", None
         while chunk := up.recv(65536):
-            if not (cut or flip):
-                self._send(conn, chunk)
-                continue
             buf += chunk
-            head, sep, rest = buf.partition(b"\r\n\r\n")
-            if not sep:
-                continue
-            if cut and len(rest) >= 2:
+            if head is None:
+                head, sep, buf = buf.partition(b"\r\n\r\n")
+                if not sep:
+                    buf, head = head, None
+                    continue
+                head = _closing(head)
+                if not (cut or flip):
+                    self._send(conn, head)
+            if not (cut or flip):
+                self._send(conn, buf)
+                buf = b""
+            elif cut and len(buf) >= 2:
                 self.faults["cut"] += 1
-                conn.sendall(head + sep + rest[: len(rest) // 2])
+                conn.sendall(head + buf[: len(buf) // 2])
                 return _reset(conn)
-            if flip and rest and head.startswith(b"HTTP/1.1 20"):
-                i = len(rest) // 2
+            elif flip and buf and head.startswith(b"HTTP/1.1 20"):
+                i = len(buf) // 2
                 self.faults["corrupt"] += 1
-                self._send(conn, head + sep + rest[:i] + bytes([rest[i] ^ 0x01]) + rest[i + 1:])
-                buf, flip = b"", False
-        if buf:  # a body too short to cut or flip: forwarded whole
-            self._send(conn, buf)
+                self._send(conn, head + buf[:i] + bytes([buf[i] ^ 0x01]) + buf[i + 1:])
+                buf, cut, flip = b"", False, False
+        if cut or flip:  # a body too short to cut or flip: forwarded whole
+            self._send(conn, (head or b"") + buf)
 
     def _send(self, conn: socket.socket, data: bytes) -> None:
         """Forward ``data`` (at ``rate`` when set) and count it."""
-        step = 16384 if self.rate else len(data)
+        step = 16384 if self.rate else max(1, len(data))
         for i in range(0, len(data), step):
             piece = data[i:i + step]
             if self.rate:
@@ -196,4 +210,4 @@ class FaultProxy:
         assert b"chunked" not in head.lower(), "rewrite needs a Content-Length response"
         body = self.rewrite(body)
         lines = [ln for ln in head.split(b"\r\n") if not ln.lower().startswith(b"content-length:")]
-        return b"\r\n".join(lines + [b"Content-Length: %d" % len(body)]) + b"\r\n\r\n" + body
+        return _closing(b"\r\n".join(lines + [b"Content-Length: %d" % len(body)])) + body

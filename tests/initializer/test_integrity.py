@@ -203,3 +203,65 @@ def test_journal_ignores_a_torn_line_and_other_versions(tmp_path):
     assert (entries["b"].size, entries["b"].have) == (6, [(0, 2)])
     j.compact(entries)
     assert j.load() == entries
+
+
+# -- Hugging Face Hub -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hub_repo(hf_hub) -> tuple[object, dict[str, bytes]]:
+    """org/integrity: a 2 MiB LFS file (sha256) and small git files (blob id)."""
+    rnd = __import__("random").Random(16)
+    files = {"config.json": b'{"model_type": "llama"}\n', "tokenizer.json": rnd.randbytes(40_000),
+             "model.safetensors": rnd.randbytes(2 * MiB)}
+    hf_hub.add_model_repo("org/integrity", files=files)
+    return hf_hub, files
+
+
+def hub_config(tmp_path: Path, kinds: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return write_config(tmp_path, model={"uri": "hf://org/integrity"}, dataset={"uri": str(kinds)},
+                        download={"retryBackoffSeconds": 0.02, "concurrency": 2})
+
+
+def _digests(files: dict[str, bytes]) -> dict[str, str]:
+    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+
+
+def test_hub_files_damaged_on_the_way_are_fetched_again_then_an_error(tmp_path, hub_repo, kinds, termination_log):
+    hub, files = hub_repo
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": ""}
+    hub.corrupt_next(1, "/model.safetensors")
+    hub.corrupt_next(1, "/config.json")
+    proc = run_cli(hub_config(tmp_path / "a", kinds), env)
+    assert proc.returncode == 0, proc.stderr
+    assert tree_digest(tmp_path / "a" / "ws" / "model") == _digests(files)
+    assert "model.safetensors: LFS sha256 says " in proc.stderr and "config.json: git blob id says " in proc.stderr
+    recorded = {f["path"]: f["checksum"]["algorithm"] for f in read_manifest(tmp_path / "a" / "ws" / "model")["files"]}
+    assert recorded == {"config.json": "git-sha1", "tokenizer.json": "git-sha1", "model.safetensors": "sha256"}
+
+    hub.corrupt_next(3, "/tokenizer.json")
+    proc = run_cli(hub_config(tmp_path / "b", kinds), env)
+    assert proc.returncode == 1, proc.stderr
+    assert termination_log.read_text().startswith(
+        "initializer: model.uri: tokenizer.json of hf://org/integrity@"), termination_log.read_text()
+    assert "does not match its git blob id after 3 downloads: the Hub lists " in termination_log.read_text()
+
+
+def test_hub_kill_9_keeps_only_what_hashes_to_the_listed_digest(tmp_path, hub_repo, kinds, caplog):
+    hub, files = hub_repo
+    model = tmp_path / "ws" / "model"
+    with FaultProxy(hub.endpoint, rate=400 * 1024) as proxy:  # the Hub behind a slow link
+        config = hub_config(tmp_path, kinds)
+
+        def partway() -> bool:  # the small files are in place, the 2 MiB one (5 s through the proxy) is not
+            return (model / "config.json").exists() and (model / "tokenizer.json").exists()
+
+        kill_midway(config, {"HF_ENDPOINT": proxy.endpoint, "HF_TOKEN": ""}, partway)
+    assert read_manifest(model) is None and not (model / "model.safetensors").exists()
+    _flip(model / "config.json", 3)
+    seen = len(hub.requests)
+    proc = run_cli(config, {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert tree_digest(model) == _digests(files)
+    assert "config.json on the volume does not match its git blob id" in proc.stderr
+    kept = [r for r in hub.requests[seen:] if r.method == "GET" and r.path.endswith("/tokenizer.json")]
+    assert kept == [] and "1 files verified on the volume, fetching 2" in proc.stderr

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -178,6 +179,15 @@ def matches(path: str, allow: tuple[str, ...] | list[str], ignore: tuple[str, ..
 
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.pt", "*.pth")
+
+
+def is_file_of_size(path: Path, size: int) -> bool:
+    """A regular file (not a symlink) of ``size`` bytes at ``path``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
 def check_model_files(paths: list[str], *, where: str, field: str = "model") -> None:

@@ -2,15 +2,21 @@
 
 * The revision (branch, tag or sha) is resolved to a commit first and everything is
   fetched at that commit, which the manifest records.
-* Models: ``snapshot_download`` into the target with ``model.allowPatterns`` /
-  ``ignorePatterns``; by default safetensors weights plus config/tokenizer files (``*.py``
-  only with ``model.trustRemoteCode``), and ``*.bin`` only when the repo has no safetensors.
+* Models: the files matching ``model.allowPatterns`` / ``ignorePatterns``; by default
+  safetensors weights plus config/tokenizer files (``*.py`` only with
+  ``model.trustRemoteCode``), and ``*.bin`` only when the repo has no safetensors.
 * Datasets without ``dataset.split``: the repo's data files (``layout: files``).
   With ``dataset.split`` (the v1 reference's behaviour): ``datasets.load_dataset(repo,
   name, split=..., revision=...)`` materialized with ``save_to_disk`` into a staging
   folder, then moved into place (``layout: save_to_disk``, one Dataset = ``train``).
-* The token comes from ``HF_TOKEN`` only; huggingface_hub's own parallel downloads
-  (``download.concurrency`` workers) and resume (``.cache/huggingface`` in the target) are used.
+* Verified: each file is fetched with ``hf_hub_download`` into a staging folder on the same
+  volume (``download.concurrency`` at once; huggingface_hub resumes a partial file from its
+  ``.incomplete`` copy with a Range request), checked against the digest the Hub lists for it
+  (LFS sha256, or the git blob id of a small file) and only then moved into the target. A
+  file already in the target is kept only when it hashes to that digest (a rerun after a kill,
+  or another revision sharing files). A mismatch is fetched again twice, then it is an error
+  naming the file.
+* The token comes from ``HF_TOKEN`` only.
 """
 
 from __future__ import annotations
@@ -19,24 +25,30 @@ import logging
 import os
 import shutil
 import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from ..core.digest import Checksum, mismatch
 from ..core.errors import FinetuneError, UserError
 from ..core.hub import classify_error, hf_token, parse_hf_uri
 from ..core.layout import DEFAULT_DATA_PATTERNS, layout_of_names
 from ..core.log import RateReporter, quiet_library_loggers
 from ..core.retry import RetryPolicy, describe
 from ..core.volume import sha256_file, walk_files
-from .base import Provider, check_model_files, ensure_parent, safe_relpath
+from .base import Provider, check_model_files, ensure_parent, is_file_of_size, safe_relpath
 
 log = logging.getLogger("llm_finetune.initializer")
 
 DEFAULT_MODEL_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt")
+VERIFY_ATTEMPTS = 3  # a file that does not match its digest is fetched again twice, then it is an error
 
 
-class IncompleteDownload(ConnectionError):
-    """A file on disk does not have the size the Hub listed (retried)."""
+def hub_checksum(f) -> Checksum:
+    """What the Hub lists for a file of the tree: its LFS sha256, or its git blob id."""
+    if f.lfs is not None:
+        return Checksum("sha256", f.lfs.sha256, "LFS sha256")
+    return Checksum("git-sha1", f.blob_id, "git blob id")
 
 
 class HubProvider(Provider):
@@ -86,10 +98,10 @@ class HubProvider(Provider):
         if req.kind == "model":
             check_model_files(paths, where=f"{req.uri}@{sha[:12]}", field="model")
         layout = layout_of_names(paths, file_type=req.file_type, where=req.uri) if req.kind == "dataset" else {}
-        self._snapshot(sha, target, selected, allow, ignore)
+        self._download(sha, target, selected)
         files = []
         for f in sorted(selected, key=lambda f: f.path):
-            entry = {"path": f.path, "size": f.size}
+            entry = {"path": f.path, "size": f.size, "checksum": hub_checksum(f).as_json()}
             if f.lfs is not None:
                 entry["sha256"] = f.lfs.sha256
             else:
@@ -117,25 +129,66 @@ class HubProvider(Provider):
             ignore.append("consolidated*.safetensors")  # the same weights in another layout
         return allow, ignore
 
-    def _snapshot(self, sha: str, target: Path, selected, allow, ignore) -> None:
-        from huggingface_hub import snapshot_download
+    def _download(self, sha: str, target: Path, selected) -> None:
+        """Fetch the selected files that are not verified in ``target`` yet (see the module doc)."""
+        staging = self.ctx.tmp_dir / f"hub-{self.request.kind}"
+        todo = [f for f in selected if not self._verified(target, f)]
+        log.info("%s: %d files verified on the volume, fetching %d", self.request.uri, len(selected) - len(todo),
+                 len(todo))
+        if not todo:
+            return
+        cancelled = threading.Event()
+        pool = ThreadPoolExecutor(max(1, self.ctx.download.concurrency), thread_name_prefix="hf-get")
+        progress = DirectoryProgress(f"{self.request.kind} {self.request.uri}", [staging, target],
+                                     sum(f.size for f in todo), len(todo))
+        try:
+            with progress:
+                futures = [pool.submit(self._fetch_file, sha, f, staging, target, cancelled) for f in todo]
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = [f.exception() for f in done if f.exception() is not None]
+                if failed:
+                    raise failed[0]
+        finally:  # a failure or a signal: the other downloads stop at their next file
+            cancelled.set()
+            pool.shutdown(wait=False, cancel_futures=True)
 
-        total = sum(f.size for f in selected)
-        _drop_unverified(target, selected)
+    def _verified(self, target: Path, f) -> bool:
+        """Whether ``target/f.path`` is this file (its digest is the Hub's); a damaged or other file is removed."""
+        path = target / f.path
+        if not is_file_of_size(path, f.size):
+            if path.exists() or path.is_symlink():
+                path.unlink()
+            return False
+        expect = hub_checksum(f)
+        bad = mismatch(path, expect, f.size)
+        if bad is not None:
+            log.warning("%s on the volume does not match its %s (%s, the file has %s): fetching it again", f.path,
+                        expect.source, expect.value, bad)
+            path.unlink()
+        return bad is None
 
-        def attempt() -> None:
-            snapshot_download(self.repo_id, repo_type=self.repo_type, revision=sha, local_dir=target,
-                              cache_dir=self.ctx.tmp_dir / "hub-cache", allow_patterns=allow,
-                              ignore_patterns=ignore, max_workers=max(1, self.ctx.download.concurrency),
-                              token=hf_token())
-            bad = [f.path for f in selected if not _has_size(target / f.path, f.size)]
-            if bad:
-                for p in bad:
-                    (target / p).unlink(missing_ok=True)
-                raise IncompleteDownload(f"{len(bad)} file(s) with the wrong size, e.g. {bad[0]}")
+    def _fetch_file(self, sha: str, f, staging: Path, target: Path, cancelled: threading.Event) -> None:
+        from huggingface_hub import hf_hub_download
 
-        with DirectoryProgress(f"{self.request.kind} {self.request.uri}", target, total, len(selected)):
-            self._call(attempt, "download")
+        expect = hub_checksum(f)
+        for attempt in range(1, VERIFY_ATTEMPTS + 1):
+            if cancelled.is_set():
+                return
+            path = Path(self._call(lambda: hf_hub_download(self.repo_id, f.path, repo_type=self.repo_type,
+                                                           revision=sha, local_dir=staging, token=hf_token()),
+                                   f"download {f.path} of"))
+            bad = mismatch(path, expect, f.size)
+            if bad is None:
+                os.replace(path, target / f.path)
+                return
+            path.unlink()
+            if attempt < VERIFY_ATTEMPTS:
+                log.warning("%s: %s says %s, the downloaded bytes hash to %s; fetching it again (%d/%d)", f.path,
+                            expect.source, expect.value, bad, attempt, VERIFY_ATTEMPTS - 1)
+        raise UserError(f"{f.path} of {self.request.uri}@{sha[:12]} does not match its {expect.source} after "
+                        f"{VERIFY_ATTEMPTS} downloads: the Hub lists {expect.value}, the downloaded bytes hash to {bad}",
+                        field=f"{self.request.field}.uri",
+                        hint="the file on the Hub (or on the mirror HF_ENDPOINT points at) is damaged")
 
     def _materialize_split(self, sha: str, target: Path) -> dict[str, Any]:
         """The v1 reference's behaviour: ``load_dataset(split=...)`` then ``save_to_disk``."""
@@ -172,34 +225,6 @@ class HubProvider(Provider):
         return verdict
 
 
-def _drop_unverified(target: Path, selected) -> None:
-    """Delete files in ``target`` that huggingface_hub's download metadata does not tie to the listed version.
-
-    When a request fails, ``hf_hub_download(local_dir=...)`` falls back to any file already at
-    the path ("defaulting to existing file"): a file left by another model or revision, or
-    planted there, must not pass for this one.
-    """
-    try:
-        from huggingface_hub._local_folder import read_download_metadata
-    except ImportError:  # pragma: no cover - another huggingface_hub layout: trust nothing
-        read_download_metadata = None
-    for f in selected:
-        path = target / f.path
-        if not (path.exists() or path.is_symlink()):
-            continue
-        expected = f.lfs.sha256 if f.lfs is not None else f.blob_id
-        meta = read_download_metadata(target, f.path) if read_download_metadata else None
-        if meta is None or meta.etag != expected or not _has_size(path, f.size):
-            path.unlink()
-
-
-def _has_size(path: Path, size: int | None) -> bool:
-    try:
-        return path.is_file() and not path.is_symlink() and (size is None or path.stat().st_size == size)
-    except OSError:
-        return False
-
-
 def replace_contents(staging: Path, target: Path) -> None:
     """Make ``target`` hold exactly ``staging``'s entries (moved; works when ``target`` is a mount point)."""
     target.mkdir(parents=True, exist_ok=True)
@@ -214,10 +239,10 @@ def replace_contents(staging: Path, target: Path) -> None:
 
 
 class DirectoryProgress:
-    """Log progress of a download into ``root`` that a library runs, by watching bytes on disk."""
+    """Log progress of a download that a library runs into ``roots``, by watching bytes on disk."""
 
-    def __init__(self, what: str, root: Path, total: int, files: int, *, interval: float = 10.0) -> None:
-        self.root, self.files, self.interval = root, files, interval
+    def __init__(self, what: str, roots: list[Path], total: int, files: int, *, interval: float = 10.0) -> None:
+        self.roots, self.files, self.interval = roots, files, interval
         self.start_bytes = self._bytes()  # a resumed download counts only what it adds
         self.reporter = RateReporter(log, what, max(total - self.start_bytes, 0) or None, interval=0)
         self._stop = threading.Event()
@@ -225,12 +250,13 @@ class DirectoryProgress:
 
     def _bytes(self) -> int:
         n = 0
-        for dirpath, _, names in os.walk(self.root):
-            for name in names:
-                try:
-                    n += os.lstat(os.path.join(dirpath, name)).st_size
-                except OSError:
-                    pass
+        for root in self.roots:
+            for dirpath, _, names in os.walk(root):
+                for name in names:
+                    try:
+                        n += os.lstat(os.path.join(dirpath, name)).st_size
+                    except OSError:
+                        pass
         return n
 
     def _loop(self) -> None:

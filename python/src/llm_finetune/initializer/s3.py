@@ -30,9 +30,10 @@ from ..core.layout import layout_of_names
 from ..core.log import format_bytes
 from ..core.retry import RetryPolicy
 from ..core.s3client import classify_error, make_client, parse_s3_uri
-from .base import JOURNAL_NAME, Progress, Provider, check_model_files, ensure_parent, matches, safe_relpath
+from .base import (JOURNAL_NAME, Progress, Provider, check_model_files, ensure_parent, is_file_of_size, matches,
+                   safe_relpath)
 from .journal import Entry, Journal, covered, subtract
-from .s3fetch import Engine, S3Object, Source, is_file_of_size
+from .s3fetch import Engine, S3Object, Source
 
 log = logging.getLogger("llm_finetune.initializer")
 

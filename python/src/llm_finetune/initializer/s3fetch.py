@@ -30,7 +30,6 @@ import errno
 import logging
 import os
 import re
-import stat
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from typing import Any, Callable
 from ..core.digest import Checksum, Hasher, from_base64, hash_range, new_hash
 from ..core.errors import FinetuneError, UserError
 from ..core.retry import RetryPolicy
-from .base import PART_SUFFIX, Progress
+from .base import PART_SUFFIX, Progress, is_file_of_size
 from .journal import Journal, Ranges, merge, missing
 
 log = logging.getLogger("llm_finetune.initializer")
@@ -206,14 +205,6 @@ def _allocate(fd: int, size: int) -> None:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate
             raise
         os.ftruncate(fd, size)
-
-
-def is_file_of_size(path: Path, size: int) -> bool:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_size == size
 
 
 @dataclass
