@@ -28,14 +28,17 @@ ARCHITECTURE.md; the Python side reads them from config.yaml's paths, never hard
 {{- end }}
 
 {{/*
-The PyTorchJob name: fullname, or fullname-runId. The Training Operator names pods and
-services <job>-master-0 and <job>-worker-<i>; 52 characters keep those within 63 up to
-worker-999. The fullname is truncated, never the runId. What a runId may be (a DNS-1123
-label, short enough to leave part of the fullname) is checked in one place only: runId's
-pattern and maxLength in values.schema.json, which Helm and the validator both apply.
+The job name (PyTorchJob or TrainJob): fullname, or fullname-runId. The Training Operator
+names pods and services <job>-master-0 and <job>-worker-<i>: 52 characters keep those within
+63 up to worker-999. JobSet names a TrainJob's pods <job>-<replicated job>-0-<i>-<5 random>
+and rejects a JobSet whose longest pod name exceeds 63 (kubernetes-sigs/jobset v0.12.0
+pkg/webhooks/jobset_webhook.go): 46 characters up to node-0-999. The fullname is truncated,
+never the runId. What a runId may be (a DNS-1123 label, short enough to leave part of the
+fullname) is checked in one place only: runId's pattern and maxLength in values.schema.json,
+which Helm and the validator both apply.
 */}}
 {{- define "llm-finetune.jobName" -}}
-{{- $max := 52 }}
+{{- $max := eq .Values.backend "trainjob" | ternary 46 52 }}
 {{- $full := include "llm-finetune.fullname" . }}
 {{- $id := toString .Values.runId }}
 {{- $name := $full | trunc $max | trimSuffix "-" }}
@@ -46,6 +49,15 @@ pattern and maxLength in values.schema.json, which Helm and the validator both a
 {{- fail (printf "job name %q must start with a letter (the Training Operator requires a DNS-1035 name); set fullnameOverride" $name) }}
 {{- end }}
 {{- $name }}
+{{- end }}
+
+{{/* Labels of the job object (PyTorchJob or TrainJob): job.labels, and Kueue's queue label for job.queueName. */}}
+{{- define "llm-finetune.jobLabels" -}}
+{{- $labels := merge (dict) .Values.job.labels }}
+{{- if .Values.job.queueName }}
+{{- $_ := set $labels "kueue.x-k8s.io/queue-name" .Values.job.queueName }}
+{{- end }}
+{{- include "llm-finetune.componentLabels" (dict "root" . "component" "trainer" "extra" $labels) }}
 {{- end }}
 
 {{/* Name of a hook resource: fullname truncated so that "<name>-<suffix>" fits 63 characters. */}}

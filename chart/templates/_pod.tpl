@@ -45,6 +45,7 @@ securityContext:
 A container running `llm-finetune <command> --config <configDir>/config.yaml <flags>`:
 (dict "root" $ "name" <name> "image" .Values.images.<name> "command" <subcommand>
       "flags" <list, optional> "env" <EnvVar list as YAML text> "resources" <resources value>
+      (command "": no command, env and resources: a TrainJob's spec.trainer sets them)
       "configDir" <default /etc/llm-finetune>
       "mounts" <VolumeMounts before config and /tmp> "mountsAfter" <VolumeMounts after them>).
 Mounts are dicts of name, mountPath and readOnly. The root filesystem is read-only (the
@@ -56,12 +57,14 @@ securityContext): /tmp is the one writable place, so HOME and the caches live th
 - name: {{ .name }}
   image: {{ include "llm-finetune.image" (dict "image" .image "root" .root) }}
   imagePullPolicy: {{ .image.pullPolicy }}
+  {{- if .command }}
   command:
     {{- toYaml (concat (list "llm-finetune" .command "--config" (printf "%s/config.yaml" $configDir)) (.flags | default list)) | nindent 4 }}
   env:
     {{- .env | nindent 4 }}
   resources:
     {{- include "llm-finetune.resources" .resources | nindent 4 }}
+  {{- end }}
   securityContext:
     {{- toYaml .root.Values.securityContext | nindent 4 }}
   terminationMessagePolicy: FallbackToLogsOnError

@@ -1,31 +1,12 @@
 """The Argo CD health check for PyTorchJob, run by a real Lua 5.1 interpreter (lupa; Argo CD's gopher-lua is 5.1)."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
-HERE = Path(__file__).resolve().parents[2] / "values-examples" / "argocd"
+from . import lua_health
+
+HERE = lua_health.SCRIPTS
 SCRIPT = (HERE / "pytorchjob-health.lua").read_text()
-
-
-def _to_lua(lua, value):
-    if isinstance(value, dict):
-        return lua.table_from({k: _to_lua(lua, v) for k, v in value.items()})
-    if isinstance(value, list):
-        return lua.table_from([_to_lua(lua, v) for v in value])
-    return value
-
-
-def health(obj: dict) -> dict:
-    """Run the script as Argo CD does: `obj` is a global, the script returns {status, message}."""
-    from lupa.lua51 import LuaRuntime
-
-    lua = LuaRuntime(unpack_returned_tuples=True)
-    assert lua.lua_version == (5, 1)
-    lua.globals().obj = _to_lua(lua, obj)
-    result = lua.execute(SCRIPT)
-    return {"status": result["status"], "message": result["message"]}
 
 
 def job(*conditions, replicas=None):
@@ -62,7 +43,7 @@ NOT_RUNNING = ("Running", "False", "PyTorchJobRunning", "PyTorchJob ft is runnin
     (job(("Succeeded", "True", None, None)), "Healthy", "Succeeded: the PyTorchJob completed"),
 ])
 def test_health_of_sample_statuses(obj, status, words):
-    hs = health(obj)
+    hs = lua_health.health(SCRIPT, obj)
     assert hs["status"] == status
     assert words in hs["message"]
 

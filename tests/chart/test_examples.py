@@ -7,11 +7,11 @@ import json
 import subprocess
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
+from fixtures import crds
 from fixtures.render import CHART, find, job_config_text, pytorchjob, render, render_text
 from llm_finetune.core import config as C
 from llm_finetune.core.helm import template
@@ -101,39 +101,12 @@ def test_pytorchjob_round_trips_through_the_v1_sdk_models(helm4, case, argocd_va
     model = client.deserialize(FakeResponse(job), "KubeflowOrgV1PyTorchJob")
     again = client.sanitize_for_serialization(model)
     # The SDK drops fields it does not know and coerces types: any difference is a lost field.
-    assert _diff(job, json.loads(json.dumps(again))) == []
-
-
-def _diff(a, b, path="") -> list[str]:
-    """Paths where two JSON-like values differ (type included)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b), key=str)
-                for d in (_diff(a[k], b[k], f"{path}.{k}") if k in a and k in b else [f"{path}.{k} missing"])]
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
-    return [] if (a == b and type(a) is type(b)) else [f"{path}: {a!r} != {b!r}"]
+    assert crds.json_diff(job, json.loads(json.dumps(again))) == []
 
 
 @pytest.fixture(scope="module")
 def crd_validator():
-    if not CRD.exists():
-        pytest.skip(f"{CRD} is absent (it lives in ../shared on developer machines and in CI, not in a user's clone)")
-    crd = yaml.safe_load(CRD.read_text())
-    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
-
-    def close(node):
-        # The API server prunes unknown fields silently; make them errors instead (see ../shared/kubeflow/README.md).
-        if isinstance(node, dict):
-            if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
-                node.setdefault("additionalProperties", False)
-            for value in node.values():
-                close(value)
-        elif isinstance(node, list):
-            for value in node:
-                close(value)
-
-    close(schema)
-    return jsonschema.Draft7Validator(schema)
+    return crds.crd_validator(CRD, "v1")
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -24,6 +24,8 @@ _ROUTES = [
     (re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<resource>secrets|persistentvolumeclaims)/(?P<name>[^/]+)$"), "core"),
     (re.compile(r"^/apis/storage.k8s.io/v1/storageclasses/(?P<name>[^/]+)$"), "storageclass"),
     (re.compile(r"^/apis/kubeflow.org/v1/namespaces/(?P<ns>[^/]+)/pytorchjobs/(?P<name>[^/]+)$"), "pytorchjob"),
+    (re.compile(r"^/apis/trainer.kubeflow.org/v1alpha1/namespaces/(?P<ns>[^/]+)/(?P<resource>trainjobs|trainingruntimes)/(?P<name>[^/]+)$"), "trainer"),
+    (re.compile(r"^/apis/trainer.kubeflow.org/v1alpha1/(?P<resource>clustertrainingruntimes)/(?P<name>[^/]+)$"), "trainer"),
 ]
 
 
@@ -36,6 +38,7 @@ class Cluster:
     pvcs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (ns, name) -> PVC object
     storageclasses: dict[str, dict[str, Any]] = field(default_factory=dict)
     pytorchjobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    trainer: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (resource, ns or "", name) -> object
     rbac: list[dict[str, Any]] | None = None  # Role rules; None = everything allowed
     cluster_rbac: list[dict[str, Any]] = field(default_factory=list)  # rules for cluster-scoped reads
     fail_with: int | None = None  # answer every request with this status (e.g. 503)
@@ -50,6 +53,17 @@ class Cluster:
             "spec": {"accessModes": list(modes), "storageClassName": storage_class, "resources": {"requests": {"storage": "10Gi"}}},
             "status": {"phase": phase, **({"accessModes": list(modes)} if phase == "Bound" else {})},
         }
+
+    def add_trainjob(self, ns: str, name: str, conditions: list[tuple[str, str, str]], spec: dict[str, Any] | None = None) -> None:
+        """A TrainJob as kubeflow/trainer v2.3.0 reports it (conditions Complete / Failed / Suspended)."""
+        self.trainer[("trainjobs", ns, name)] = {
+            "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", "metadata": {"name": name, "namespace": ns},
+            "spec": spec or {}, "status": {"conditions": [{"type": t, "status": s, "reason": t, "message": m} for t, s, m in conditions]}}
+
+    def add_runtime(self, obj: dict[str, Any]) -> None:
+        """A (Cluster)TrainingRuntime, e.g. the one the chart renders."""
+        resource = obj["kind"].lower() + "s"
+        self.trainer[(resource, obj["metadata"].get("namespace", "") if resource == "trainingruntimes" else "", obj["metadata"]["name"])] = obj
 
     def add_storageclass(self, name: str, binding: str) -> None:
         self.storageclasses[name] = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
@@ -148,6 +162,16 @@ class _Handler(BaseHTTPRequestHandler):
         if job is None:
             return self._send(404, _status(404, "NotFound", f'pytorchjobs.kubeflow.org "{name}" not found'))
         self._send(200, job)
+
+
+    def _trainer(self, resource: str, name: str, ns: str | None = None) -> None:
+        c = self.cluster
+        if not c.allowed("trainer.kubeflow.org", resource, name, c.rbac if ns else c.cluster_rbac):
+            return self._forbidden(f"{resource}.trainer.kubeflow.org", name, ns)
+        obj = c.trainer.get((resource, ns or "", name))
+        if obj is None:
+            return self._send(404, _status(404, "NotFound", f'{resource}.trainer.kubeflow.org "{name}" not found'))
+        self._send(200, obj)
 
 
 class KubeAPI:

@@ -191,3 +191,40 @@ def test_load_budget(pod, kube_api, caplog):
     succeeded(kube_api, job)
     assert main(args + ["--max-load-gib", "0"]) == 0
     assert "exceed the load budget" in caplog.text and "forward pass" not in caplog.text
+
+
+# --------------------------------------------------------------------------- backend trainjob (Kubeflow Trainer v2)
+V2 = {"backend": "trainjob"}
+
+
+def test_trainjob_complete_passes_with_the_charts_rbac(pod, kube_api, caplog):
+    job, _, args = pod(V2)
+    assert os.environ["JOB_KIND"] == "TrainJob"
+    kube_api.cluster.add_trainjob("ml", job, [("Suspended", "False", "TrainJob is resumed"),
+                                              ("Complete", "True", "jobset completed successfully")])
+    assert main(args) == 0
+    assert f"verify passed: TrainJob {job} Complete" in caplog.text
+    assert ("GET", f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs/{job}") in kube_api.cluster.requests
+
+
+def test_trainjob_failed_and_not_finished(pod, kube_api, termination_log):
+    job, _, args = pod(V2)
+    kube_api.cluster.add_trainjob("ml", job, [("Failed", "True", "applying FailJobSet failure policy action (first failed job: x)")])
+    assert main(args) == 1
+    msg = termination_log.read_text()
+    assert msg.startswith(f"verify: TrainJob '{job}' failed: applying FailJobSet failure policy action")
+    assert f"jobset.sigs.k8s.io/jobset-name={job}" in msg
+    kube_api.cluster.add_trainjob("ml", job, [("Suspended", "True", "TrainJob is suspended")])
+    assert main(args) == 1
+    assert "has not completed yet (Suspended)" in termination_log.read_text()
+    kube_api.cluster.add_trainjob("ml", job, [])
+    assert main(args) == 1
+    assert "has not completed yet (not started)" in termination_log.read_text()
+
+
+def test_trainjob_role_grants_only_that_trainjob(pod, kube_api, termination_log):
+    job, _, args = pod(V2)
+    kube_api.cluster.add_trainjob("ml", job, [("Complete", "True", "")])
+    kube_api.cluster.rbac = [{"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "resourceNames": [job], "verbs": ["get"]}]
+    assert main(args) == 1
+    assert f"reading TrainJob '{job}' is forbidden — the test Role must allow get on trainjobs.trainer.kubeflow.org" in termination_log.read_text()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..core.errors import ExternalError, UserError
@@ -19,6 +20,38 @@ from ..core.errors import ExternalError, UserError
 log = logging.getLogger("llm_finetune.hooks")
 ATTEMPTS = 3
 BACKOFF_ENV = "LLM_FINETUNE_KUBE_BACKOFF"  # seconds before the first retry (tests set 0)
+
+
+@dataclass(frozen=True)
+class JobApi:
+    """The API of the job object a backend renders, and how its conditions read."""
+
+    kind: str
+    group: str
+    version: str
+    plural: str
+    done: str  # the condition type of a finished, successful job
+    waiting: tuple[str, ...]  # condition types of a job not finished yet, most telling first
+    logs: str  # how to read its pods' logs: {ns}, {name}
+
+
+# Training Operator v1 (kubeflow/training-operator v1.9.0 pkg/apis/kubeflow.org/v1) and Trainer v2
+# (kubeflow/trainer v2.3.0 pkg/apis/trainer/v1alpha1/trainjob_types.go: Complete, Failed, Suspended).
+JOB_APIS = {
+    "PyTorchJob": JobApi("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs", "Succeeded",
+                         ("Suspended", "Restarting", "Running", "Created"),
+                         "kubectl -n {ns} logs {name}-master-0 -c pytorch (and -c storage-initializer)"),
+    "TrainJob": JobApi("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs", "Complete", ("Suspended",),
+                       "kubectl -n {ns} logs -l jobset.sigs.k8s.io/jobset-name={name} --all-containers --prefix"),
+}
+
+
+def job_api(kind: str) -> JobApi:
+    try:
+        return JOB_APIS[kind]
+    except KeyError:
+        raise UserError(f"unknown job kind {kind!r}", field="JOB_KIND",
+                        hint=f"the chart sets one of {', '.join(JOB_APIS)}; re-render the hook") from None
 
 
 class NotFound(Exception):

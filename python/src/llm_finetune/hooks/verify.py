@@ -3,9 +3,10 @@
 After a run (``helm test <release> --logs``) it checks, and exits 1 with one clear line
 (also in the termination log) when something is wrong:
 
-1. **The PyTorchJob** ``$JOB_NAME`` (default: the config's ``run.name``) in
-   ``$POD_NAMESPACE``: its conditions are logged; ``Failed`` fails with the operator's
-   message; not ``Succeeded`` yet fails with "still running". Not found (deleted by
+1. **The job** ``$JOB_NAME`` (default: the config's ``run.name``) of kind ``$JOB_KIND``
+   (``PyTorchJob``, the default, or ``TrainJob``) in ``$POD_NAMESPACE``: its conditions are
+   logged; ``Failed`` fails with the operator's message; not ``Succeeded`` (PyTorchJob) /
+   ``Complete`` (TrainJob) yet fails with "not finished". Not found (deleted by
    ``ttlSecondsAfterFinished``) is a warning: the output decides. Without any API access
    (outside a pod, no kubeconfig) the check is skipped with a warning.
 2. **The output**: ``<paths.run>/output/manifest.json``, which the trainer writes last
@@ -20,8 +21,8 @@ After a run (``helm test <release> --logs``) it checks, and exits 1 with one cle
    ``--max-load-gib`` (default: half the container's memory limit).
 
 Contract with ``chart/templates/tests/verify.yaml``: ``--config`` = the job ConfigMap;
-env ``POD_NAMESPACE``, ``JOB_NAME``, ``HF_HUB_OFFLINE=1``; the claim mounted read-only
-(``/workspace``, or ``/output`` in perPod mode); RBAC ``get`` on that one pytorchjob.
+env ``POD_NAMESPACE``, ``JOB_NAME``, ``JOB_KIND``, ``HF_HUB_OFFLINE=1``; the claim mounted
+read-only (``/workspace``, or ``/output`` in perPod mode); RBAC ``get`` on that one job.
 """
 
 from __future__ import annotations
@@ -51,41 +52,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 1. The PyTorchJob
+# 1. The job (PyTorchJob or TrainJob)
 # ---------------------------------------------------------------------------
-def check_job(name: str) -> str:
-    """The job's state ("Succeeded", "missing", "unknown"); UserError when it failed or is not done."""
-    from .kube import Forbidden, Kube, NotFound
+def check_job(name: str, kind: str = "PyTorchJob") -> str:
+    """The job's state (its done condition, "missing", "unknown"); UserError when it failed or is not done."""
+    from .kube import Forbidden, Kube, NotFound, job_api
 
+    api = job_api(kind)
     try:
         kube = Kube()
     except ExternalError as exc:
-        log.warning("PyTorchJob %s not checked: %s", name, exc.message)
+        log.warning("%s %s not checked: %s", kind, name, exc.message)
         return "unknown"
     custom = kube.client.CustomObjectsApi(kube.api)
     try:
-        job = kube.call(f"GET pytorchjob {name}", custom.get_namespaced_custom_object,
-                        "kubeflow.org", "v1", kube.namespace, "pytorchjobs", name)
+        job = kube.call(f"GET {kind.lower()} {name}", custom.get_namespaced_custom_object,
+                        api.group, api.version, kube.namespace, api.plural, name)
     except NotFound:
-        log.warning("PyTorchJob %s not found in namespace %s (deleted after it finished?): checking the output only", name, kube.namespace)
+        log.warning("%s %s not found in namespace %s (deleted after it finished?): checking the output only", kind, name, kube.namespace)
         return "missing"
     except Forbidden:
-        raise UserError(f"reading PyTorchJob {name!r} is forbidden",
-                        hint=f"the test Role must allow get on pytorchjobs.kubeflow.org with resourceNames [{name}]") from None
+        raise UserError(f"reading {kind} {name!r} is forbidden",
+                        hint=f"the test Role must allow get on {api.plural}.{api.group} with resourceNames [{name}]") from None
     conditions = (job.get("status") or {}).get("conditions") or []
     for c in conditions:
-        log.info("PyTorchJob %s condition %s=%s %s%s", name, c.get("type"), c.get("status"), c.get("reason") or "",
+        log.info("%s %s condition %s=%s %s%s", kind, name, c.get("type"), c.get("status"), c.get("reason") or "",
                  f": {c['message']}" if c.get("message") else "")
     current = {c.get("type"): c for c in conditions if c.get("status") == "True"}
     if "Failed" in current:
         c = current["Failed"]
-        raise UserError(f"PyTorchJob {name!r} failed: {c.get('message') or c.get('reason') or 'no message'}",
-                        hint=f"kubectl -n {kube.namespace} logs {name}-master-0 -c pytorch (and -c storage-initializer)")
-    if "Succeeded" not in current:
-        state = next((t for t in ("Suspended", "Restarting", "Running", "Created") if t in current), "not started")
-        raise UserError(f"PyTorchJob {name!r} has not succeeded yet ({state})",
-                        hint=f"run helm test after it succeeds: kubectl -n {kube.namespace} get pytorchjob {name} -w")
-    return "Succeeded"
+        raise UserError(f"{kind} {name!r} failed: {c.get('message') or c.get('reason') or 'no message'}",
+                        hint=api.logs.format(ns=kube.namespace, name=name))
+    if api.done not in current:
+        started = conditions or (job.get("status") or {}).get("jobsStatus") or (job.get("status") or {}).get("replicaStatuses")
+        state = next((t for t in api.waiting if t in current), "running" if started else "not started")
+        raise UserError(f"{kind} {name!r} has not {'succeeded' if api.done == 'Succeeded' else 'completed'} yet ({state})",
+                        hint=f"run helm test after it finishes: kubectl -n {kube.namespace} get {kind.lower()} {name} -w")
+    return api.done
 
 
 # ---------------------------------------------------------------------------
@@ -253,13 +256,14 @@ def check_loads(cfg: JobConfig, output_dir: Path, manifest: dict[str, Any], budg
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     job = os.environ.get("JOB_NAME") or cfg.run.name
-    state = check_job(job)
+    kind = os.environ.get("JOB_KIND") or "PyTorchJob"
+    state = check_job(job, kind)
     output_dir = Path(cfg.output_dir)
     manifest = read_output_manifest(output_dir)
     log.info("output manifest: %s (%s)", output_dir / OUTPUT_MANIFEST, manifest["kind"])
     budget = int(args.max_load_gib * 2**30) if args.max_load_gib is not None else memory_limit_bytes() // 2
     check_loads(cfg, output_dir, manifest, budget)
-    log.info("verify passed: PyTorchJob %s %s, %s at %s loads", job, state, manifest["kind"], output_dir)
+    log.info("verify passed: %s %s %s, %s at %s loads", kind, job, state, manifest["kind"], output_dir)
     return 0
 
 
