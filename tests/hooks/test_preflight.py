@@ -199,3 +199,72 @@ def test_rendered_hook_env_is_the_contract(helm4):
     assert req.secrets == {"hf-token": ["token"], "s3-creds": ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]}
     secret_rule = [r for r in rules if r["resources"] == ["secrets"]][0]
     assert sorted(secret_rule["resourceNames"]) == sorted(req.secrets)
+
+
+# --------------------------------------------------------------------------- backend trainjob (Kubeflow Trainer v2)
+V2 = {**VALUES, "backend": "trainjob", "storage": {"existingClaim": "shared-data"}}
+TRAINER_APIS = {"trainer.kubeflow.org/v1alpha1": ["trainjobs", "trainjobs/status", "trainingruntimes", "clustertrainingruntimes"],
+                "jobset.x-k8s.io/v1alpha2": ["jobsets", "jobsets/status"]}
+
+
+def trainer_cluster(cluster, helm4, values=V2):
+    healthy(cluster)
+    cluster.served = dict(TRAINER_APIS)
+    for runtime in find(render(helm4, values), "TrainingRuntime"):  # the chart's hook, created before the preflight
+        cluster.add_runtime({**runtime, "metadata": {**runtime["metadata"], "namespace": "ml"}})
+
+
+def test_trainjob_all_good_with_the_charts_role(hook, kube_api, helm4, termination_log, caplog):
+    trainer_cluster(kube_api.cluster, helm4)
+    assert hook(V2) == 0, termination_log.read_text() if termination_log.exists() else ""
+    assert sorted(set(kube_api.cluster.requests)) == sorted({
+        ("GET", "/apis/trainer.kubeflow.org/v1alpha1"),
+        ("GET", "/apis/jobset.x-k8s.io/v1alpha2"),
+        ("GET", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainingruntimes/ft-llm-finetune"),
+        ("GET", "/api/v1/namespaces/ml/secrets/hf-token"),
+        ("GET", "/api/v1/namespaces/ml/secrets/s3-creds"),
+        ("GET", "/api/v1/namespaces/ml/persistentvolumeclaims/shared-data"),
+    })
+    assert "preflight passed: config, TrainJob API" in caplog.text
+
+
+def test_trainjob_needs_the_trainer_jobset_and_the_runtime(hook, kube_api, helm4, termination_log):
+    trainer_cluster(kube_api.cluster, helm4)
+    kube_api.cluster.served = {"kubeflow.org/v1": ["pytorchjobs"]}  # a Training Operator v1 cluster
+    kube_api.cluster.trainer.clear()
+    assert hook(V2) == 1
+    msg = termination_log.read_text()
+    assert "the API trainer.kubeflow.org/v1alpha1 is not served" in msg and "the API jobset.x-k8s.io/v1alpha2 is not served" in msg
+    assert "install Kubeflow Trainer v2" in msg
+    assert "TrainingRuntime 'ft-llm-finetune' not found in namespace 'ml': the trainer rejects a TrainJob" in msg
+
+
+def test_trainjob_claim_must_be_read_write_many(hook, kube_api, helm4, termination_log):
+    trainer_cluster(kube_api.cluster, helm4)
+    kube_api.cluster.add_pvc("ml", "shared-data", modes=("ReadWriteOnce", "ReadOnlyMany"))  # enough for the PyTorchJob's read-only Workers
+    assert hook(V2) == 1
+    assert "backend trainjob mounts it read-write in all 2 node pods" in termination_log.read_text()
+
+
+def test_trainjob_given_cluster_runtime(hook, kube_api, helm4, termination_log, caplog):
+    values = {**V2, "trainjob": {"runtimeRef": {"name": "llm-gpu", "kind": "ClusterTrainingRuntime"}}}
+    trainer_cluster(kube_api.cluster, helm4)
+    assert hook(values) == 0  # the hook's Role cannot grant a cluster-scoped read: a warning
+    assert "reading ClusterTrainingRuntime 'llm-gpu' is forbidden: not checked" in caplog.text
+    kube_api.cluster.cluster_rbac = [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["clustertrainingruntimes"], "verbs": ["get"]}]
+    kube_api.cluster.add_runtime({"kind": "ClusterTrainingRuntime", "metadata": {"name": "llm-gpu"},
+                                  "spec": {"template": {"spec": {"replicatedJobs": [{"name": "trainer"}]}}}})
+    assert hook(values) == 1
+    assert "ClusterTrainingRuntime 'llm-gpu' has no replicated job 'node' with a container 'node' (it has: trainer)" in termination_log.read_text()
+
+
+def test_trainjob_hook_env_is_the_contract(helm4):
+    _, env, _, rules = hook_objects(helm4, V2)
+    assert env["PREFLIGHT_BACKEND"] == "trainjob" and env["PREFLIGHT_RUNTIME"] == "TrainingRuntime/ft-llm-finetune"
+    assert {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainingruntimes"], "resourceNames": ["ft-llm-finetune"],
+            "verbs": ["get"]} in rules
+    from llm_finetune.hooks.preflight import Request
+
+    assert Request.from_env(env).runtime == ("TrainingRuntime", "ft-llm-finetune")
+    _, env, _, _ = hook_objects(helm4, VALUES)
+    assert env["PREFLIGHT_BACKEND"] == "pytorchjob" and "PREFLIGHT_RUNTIME" not in env

@@ -132,3 +132,46 @@ def test_every_problem_at_once():
     found = problems({"job": {"numWorkers": 2, "nprocPerNode": "four"}, "storage": {"mode": "shard"},
                       "model": {"uri": "gs://b/m"}, "output": {"export": {"uri": "hf://me/x"}}}, "error")
     assert {"job.nprocPerNode", "storage.mode", "model.uri", "output.export.uri"} <= {p.path for p in found}
+
+
+# --------------------------------------------------------------------------- backend trainjob (Kubeflow Trainer v2)
+V2 = {"backend": "trainjob"}
+
+
+@pytest.mark.parametrize("overlay, path, words", [
+    ({"job": {"restartPolicy": "Always"}}, "job.restartPolicy", "does not apply to backend trainjob"),
+    ({"job": {"runPolicy": {"cleanPodPolicy": "All"}}}, "job.runPolicy.cleanPodPolicy", "does not apply to backend trainjob"),
+    ({"job": {"env": [{"name": "PET_MASTER_ADDR", "value": "x"}]}}, "job.env", "its webhook rejects a TrainJob that sets them"),
+    # every node pod mounts the claim read-write: read-only attachments are not enough
+    ({"job": {"numWorkers": 2}, "storage": {"accessModes": ["ReadWriteOnce", "ReadOnlyMany"]}}, "storage.accessModes",
+     "mounts it read-write in all 2 node pods"),
+    ({"job": {"numWorkers": 3}, "storage": {"mode": "perPod"}}, "storage.accessModes", "outputToClaim=false"),
+])
+def test_trainjob_backend_errors(overlay, path, words):
+    found = [p for p in problems({**V2, **overlay}, "error") if p.path == path]
+    assert found and words in found[0].render(), [p.render() for p in problems({**V2, **overlay})]
+    # the same values are fine on the PyTorchJob backend (or fail there for another reason)
+    assert not [p for p in problems(overlay, "error") if p.path == path and words in p.render()]
+
+
+def test_a_given_runtime_name_must_be_a_kubernetes_name():
+    found = [p for p in problems({**V2, "trainjob": {"runtimeRef": {"name": "Bad_Name"}}}, "error") if p.path == "trainjob.runtimeRef.name"]
+    assert found and "not a valid Kubernetes object name" in found[0].render()
+
+
+@pytest.mark.parametrize("overlay, path, words", [
+    ({**V2, "job": {"nprocPerNode": "auto"}}, "job.nprocPerNode", "one process per requested CPU"),
+    ({**V2, "job": {"runPolicy": {"ttlSecondsAfterFinished": 60}}}, "job.runPolicy.ttlSecondsAfterFinished", "the TrainJob and its conditions stay"),
+    ({**V2, "job": {"runPolicy": {"cleanPodPolicy": "None"}}}, "job.runPolicy.cleanPodPolicy", "None cannot keep them"),
+    ({"trainjob": {"runtimeRef": {"name": "llm-gpu"}}}, "trainjob.runtimeRef.name", "does not apply to backend pytorchjob"),
+])
+def test_backend_notices_say_what_differs(overlay, path, words):
+    found = [p for p in problems(overlay) if p.path == path]
+    assert found and found[0].severity == "notice" and words in found[0].render()
+
+
+def test_trainjob_sound_values():
+    ok = {**V2, "job": {"numWorkers": 4, "runPolicy": {"cleanPodPolicy": "Running"}}, "storage": {"accessModes": ["ReadWriteMany"]}}
+    assert problems(ok, "error") == []
+    assert problems({**V2, "job": {"numWorkers": 4, "runPolicy": {"cleanPodPolicy": "Running"}},
+                     "storage": {"mode": "perPod", "perPod": {"outputToClaim": False}}, "output": {"export": {"uri": "s3://ml-artifacts/out"}}}, "error") == []

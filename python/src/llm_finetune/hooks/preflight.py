@@ -1,14 +1,18 @@
 """``llm-finetune preflight``: the chart's pre-install/pre-upgrade hook (initializer image).
 
-Before Helm creates anything, check what would make the PyTorchJob fail later, report
+Before Helm creates anything, check what would make the job fail later, report
 every problem at once and exit 1 (the message also goes to the termination log, so
 ``helm install`` shows it):
 
 1. the rendered config (``--config``, the hook's own ConfigMap): the strict config loader,
    the chart's schema for each values section, and the validator's rules that apply to a
    config (``llm_finetune.validate.validate_config``);
-2. the PyTorchJob API is served: ``GET /apis/kubeflow.org/v1`` lists ``pytorchjobs``
-   (discovery: allowed for every authenticated user, no cluster-wide RBAC);
+2. the job's API is served (discovery: allowed for every authenticated user, no cluster-wide
+   RBAC): ``GET /apis/kubeflow.org/v1`` lists ``pytorchjobs``; for ``backend: trainjob``
+   ``/apis/trainer.kubeflow.org/v1alpha1`` lists ``trainjobs`` and the runtime's kind, and
+   ``/apis/jobset.x-k8s.io/v1alpha2`` lists ``jobsets`` (the trainer runs a TrainJob as a JobSet);
+   then the runtime the TrainJob references exists and has a ``node`` job with a ``node``
+   container (the chart's own TrainingRuntime is a hook created just before this one);
 3. every referenced Secret exists and has its keys (values are never logged);
 4. ``storage.existingClaim`` exists, is Bound (or Pending on a WaitForFirstConsumer
    storage class) and its access modes fit the storage mode and the number of pods.
@@ -21,12 +25,15 @@ never secret values):
 ``PREFLIGHT_SECRETS``  ``secret:key,secret:key,...``: every Secret key the job's pods read
                        through ``secretKeyRef`` (secrets.hf, secrets.s3); empty: none
 ``PREFLIGHT_CLAIM``    ``storage.existingClaim``; empty when the chart creates the claim
-``PREFLIGHT_NUM_WORKERS``  ``job.numWorkers`` (pods of the PyTorchJob)
+``PREFLIGHT_NUM_WORKERS``  ``job.numWorkers`` (pods of the job)
+``PREFLIGHT_BACKEND``  ``backend``: ``pytorchjob`` (default) or ``trainjob``
+``PREFLIGHT_RUNTIME``  ``trainjob``: ``<TrainingRuntime|ClusterTrainingRuntime>/<name>`` the TrainJob references
 =====================  =================================================================
 
 RBAC (the hook's Role): ``get`` on ``secrets`` limited by ``resourceNames`` to those
-Secrets, ``get`` on ``persistentvolumeclaims`` limited to the claim. Reading the claim's
-StorageClass (cluster-scoped) is optional: when forbidden, a Pending claim is a warning.
+Secrets, ``get`` on ``persistentvolumeclaims`` limited to the claim, ``get`` on that
+``trainingruntimes``. Reading the claim's StorageClass or a ClusterTrainingRuntime
+(cluster-scoped) is optional: when forbidden, a warning.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from ..core.problems import ERROR, WARNING, Problem
 
 log = logging.getLogger("llm_finetune.preflight")
 
-GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+RUNTIME_PLURALS = {"TrainingRuntime": "trainingruntimes", "ClusterTrainingRuntime": "clustertrainingruntimes"}
 
 
 @dataclass
@@ -52,6 +59,8 @@ class Request:
     secrets: dict[str, list[str]] = field(default_factory=dict)  # secret name -> keys
     claim: str = ""
     num_workers: int = 1
+    backend: str = "pytorchjob"
+    runtime: tuple[str, str] = ("", "")  # (kind, name) of the TrainJob's runtime
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Request":
@@ -67,7 +76,14 @@ class Request:
         raw = env.get("PREFLIGHT_NUM_WORKERS", "1") or "1"
         if not raw.isdigit() or int(raw) < 1:
             raise UserError(f"{raw!r} is not a positive integer", field="PREFLIGHT_NUM_WORKERS")
-        return cls(secrets, env.get("PREFLIGHT_CLAIM", "").strip(), int(raw))
+        backend = env.get("PREFLIGHT_BACKEND", "") or "pytorchjob"
+        if backend not in ("pytorchjob", "trainjob"):
+            raise UserError(f"{backend!r} is not a backend", field="PREFLIGHT_BACKEND", hint="pytorchjob or trainjob; re-render the hook")
+        kind, _, runtime = env.get("PREFLIGHT_RUNTIME", "").partition("/")
+        if backend == "trainjob" and (kind not in RUNTIME_PLURALS or not runtime):
+            raise UserError(f"{env.get('PREFLIGHT_RUNTIME', '')!r} is not <kind>/<name> of a runtime", field="PREFLIGHT_RUNTIME",
+                            hint="the chart sets TrainingRuntime/<name> or ClusterTrainingRuntime/<name>; re-render the hook")
+        return cls(secrets, env.get("PREFLIGHT_CLAIM", "").strip(), int(raw), backend, (kind, runtime))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,26 +97,76 @@ def check_config(path: str, request: Request, chart: str | None = None) -> tuple
     from ..validate.values import chart_dir, load_schema, load_yaml_file
 
     config = load_yaml_file(path, what="config file")
-    problems = validate_config(config, load_schema(chart_dir(chart)), extra_values={"job": {"numWorkers": request.num_workers}})
+    problems = validate_config(config, load_schema(chart_dir(chart)),
+                               extra_values={"job": {"numWorkers": request.num_workers}, "backend": request.backend})
     storage = config.get("storage")
     return problems, (storage.get("mode") if isinstance(storage, dict) else None) or "shared"
 
 
-def check_api(kube) -> list[Problem]:
+def _served(kube, group: str, version: str, plurals: list[str], hint: str) -> list[Problem]:
+    """Problems unless discovery of group/version lists every one of ``plurals``."""
     from .kube import Forbidden, NotFound
 
-    what = f"GET /apis/{GROUP}/{VERSION}"
-    hint = "install the Kubeflow Training Operator v1 (it serves the PyTorchJob CRD), or point the release at a cluster that has it"
+    what = f"GET /apis/{group}/{version}"
     try:
-        resources = kube.call(what, kube.client.CustomObjectsApi(kube.api).get_api_resources, GROUP, VERSION)
+        resources = kube.call(what, kube.client.CustomObjectsApi(kube.api).get_api_resources, group, version)
     except NotFound:
-        return [Problem("", f"the API {GROUP}/{VERSION} is not served: no PyTorchJob CRD in this cluster", hint, ERROR, "cluster")]
+        return [Problem("", f"the API {group}/{version} is not served: no {', '.join(plurals)} in this cluster", hint, ERROR, "cluster")]
     except Forbidden:
         return [Problem("", f"{what} is forbidden", "API discovery is normally allowed for all authenticated users (ClusterRole system:discovery); ask the cluster admin", ERROR, "cluster")]
     names = {r.name for r in (resources.resources or [])}
-    if PLURAL not in names:
-        return [Problem("", f"{GROUP}/{VERSION} is served but has no {PLURAL} (it has: {', '.join(sorted(names)) or 'nothing'})", hint, ERROR, "cluster")]
-    log.info("PyTorchJob API %s/%s is served", GROUP, VERSION)
+    missing = [p for p in plurals if p not in names]
+    if missing:
+        return [Problem("", f"{group}/{version} is served but has no {', '.join(missing)} (it has: {', '.join(sorted(names)) or 'nothing'})", hint, ERROR, "cluster")]
+    log.info("API %s/%s serves %s", group, version, ", ".join(plurals))
+    return []
+
+
+def check_api(kube, request: Request | None = None) -> list[Problem]:
+    from .kube import job_api
+
+    if request is None or request.backend == "pytorchjob":
+        api = job_api("PyTorchJob")
+        return _served(kube, api.group, api.version, [api.plural],
+                       "install the Kubeflow Training Operator v1 (it serves the PyTorchJob CRD), or point the release at a cluster that has it")
+    api = job_api("TrainJob")
+    hint = "install Kubeflow Trainer v2 (v2.2 or later: it serves TrainJob and its runtimes, with JobSet), or use backend pytorchjob"
+    return (_served(kube, api.group, api.version, [api.plural, RUNTIME_PLURALS[request.runtime[0]]], hint)
+            + _served(kube, "jobset.x-k8s.io", "v1alpha2", ["jobsets"], hint))
+
+
+def check_runtime(kube, request: Request) -> list[Problem]:
+    """backend trainjob: the runtime exists (the trainer's webhook rejects a TrainJob without it) and runs a `node` job."""
+    from .kube import Forbidden, NotFound, job_api
+
+    if request.backend != "trainjob":
+        return []
+    kind, name = request.runtime
+    group, version = job_api("TrainJob").group, job_api("TrainJob").version
+    custom = kube.client.CustomObjectsApi(kube.api)
+    try:
+        if kind == "TrainingRuntime":
+            runtime = kube.call(f"GET trainingruntime {name}", custom.get_namespaced_custom_object,
+                                group, version, kube.namespace, RUNTIME_PLURALS[kind], name)
+        else:
+            runtime = kube.call(f"GET clustertrainingruntime {name}", custom.get_cluster_custom_object,
+                                group, version, RUNTIME_PLURALS[kind], name)
+    except NotFound:
+        where = f" in namespace {kube.namespace!r}" if kind == "TrainingRuntime" else ""
+        return [Problem("trainjob.runtimeRef.name", f"{kind} {name!r} not found{where}: the trainer rejects a TrainJob whose runtime does not exist",
+                        "create it first, or leave trainjob.runtimeRef.name empty so the chart renders its own", ERROR, "cluster")]
+    except Forbidden:
+        severity = ERROR if kind == "TrainingRuntime" else WARNING  # cluster-scoped: the hook's Role cannot grant it
+        return [Problem("trainjob.runtimeRef.name", f"reading {kind} {name!r} is forbidden: not checked",
+                        "the preflight Role allows get on that trainingruntime; a ClusterTrainingRuntime needs a ClusterRole the chart does not create",
+                        severity, "cluster")]
+    jobs = {r.get("name"): r for r in (((runtime.get("spec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs") or []}
+    containers = [c.get("name") for c in (((((jobs.get("node") or {}).get("template") or {}).get("spec") or {})
+                                             .get("template") or {}).get("spec") or {}).get("containers") or []]
+    if "node" not in containers:
+        return [Problem("trainjob.runtimeRef.name", f"{kind} {name!r} has no replicated job 'node' with a container 'node' (it has: {', '.join(map(str, jobs)) or 'none'})",
+                        "the chart's TrainJob needs a runtime of the chart's shape: leave trainjob.runtimeRef.name empty, or see README (Choosing a backend)", ERROR, "cluster")]
+    log.info("%s %s is there (replicated jobs: %s)", kind, name, ", ".join(map(str, jobs)))
     return []
 
 
@@ -157,7 +223,7 @@ def check_claim(kube, request: Request, mode: str) -> list[Problem]:
     elif phase != "Bound":
         problems.append(Problem("storage.existingClaim", f"PersistentVolumeClaim {name!r} is {phase}",
                                 f"its volume is gone or failed: kubectl -n {ns} describe pvc {name}", ERROR, "cluster"))
-    problem = shared_storage_problem(mode, request.num_workers, modes, "storage.existingClaim", claim=name)
+    problem = shared_storage_problem(mode, request.num_workers, modes, "storage.existingClaim", claim=name, backend=request.backend)
     if problem:
         problems.append(problem)
     if not problems:
@@ -192,7 +258,8 @@ def run(args: argparse.Namespace) -> int:
     request = Request.from_env()
     problems, mode = check_config(args.config, request, args.chart)
     kube = Kube()
-    problems += check_api(kube)
+    problems += check_api(kube, request)
+    problems += check_runtime(kube, request)
     problems += check_secrets(kube, request)
     problems += check_claim(kube, request, mode)
     for p in problems:
@@ -201,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
     if errors:
         raise UserError(f"{len(errors)} problem(s): " + "; ".join(errors),
                         hint="fix them, then install/upgrade again (preflight.enabled=false skips this check)")
-    log.info("preflight passed: config, PyTorchJob API%s%s", ", secrets" if request.secrets else "",
+    log.info("preflight passed: config, %s API%s%s", "TrainJob" if request.backend == "trainjob" else "PyTorchJob",
+             ", secrets" if request.secrets else "",
              f", claim {request.claim}" if request.claim else "")
     return 0

@@ -19,6 +19,10 @@ from ..core.problems import ERROR, NOTICE, WARNING, Problem
 MISSING: Any = object()
 GPU_RESOURCE = "nvidia.com/gpu"
 SHAREABLE_ACCESS_MODES = ("ReadWriteMany", "ReadOnlyMany")
+PYTORCHJOB, TRAINJOB = "pytorchjob", "trainjob"  # values.backend
+# Set by Kubeflow Trainer's torch plugin; its webhook rejects them in spec.trainer.env
+# (kubeflow/trainer v2.3.0 pkg/constants/constants.go TorchRunReservedEnvNames).
+TORCHRUN_RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 # Hub organisations whose models are gated (a token of an account that accepted the licence is needed).
 GATED_HF_ORGS = ("meta-llama", "mistralai", "google", "bigcode", "tiiuae")
 
@@ -96,22 +100,37 @@ def gpus_per_pod(values: dict[str, Any]) -> int | None:
     return int(q) if q == q.to_integral_value() else None
 
 
+def claim_is_shared(mode: str, num_workers: int, backend: str, output_to_claim: bool) -> bool:
+    """Whether several pods of the job mount the claim (see shared_storage_problem)."""
+    return num_workers > 1 and (mode == "shared" or (backend == TRAINJOB and mode == "perPod" and output_to_claim))
+
+
 def shared_storage_problem(mode: str, num_workers: int, access_modes: list[str], where: str,
-                           claim: str = "") -> Problem | None:
-    """Shared mode with several pods needs a claim that several nodes can mount; None when fine.
+                           claim: str = "", backend: str = PYTORCHJOB, output_to_claim: bool = True) -> Problem | None:
+    """A claim several pods mount needs access modes that several nodes can use; None when fine.
 
     Used by the values rule (the claim the chart creates) and by the preflight (an existing claim).
+    PyTorchJob: in shared mode Workers mount the claim read-only (ReadWriteMany, or ReadWriteOnce +
+    ReadOnlyMany). TrainJob: the node pods of an Indexed Job share one pod template, so every pod
+    mounts the claim read-write, in shared mode and (for the output) in perPod mode: ReadWriteMany.
     """
-    if mode != "shared" or num_workers <= 1:
+    v2 = backend == TRAINJOB
+    if not claim_is_shared(mode, num_workers, backend, output_to_claim):
         return None
     what = f"claim {claim!r}" if claim else "the claim"
+    if v2 and mode == "perPod":
+        fix = "use a ReadWriteMany claim, or storage.perPod.outputToClaim=false with output.export.uri, or backend pytorchjob (the claim on the Master only)"
+    elif v2:
+        fix = "use a ReadWriteMany claim, or set storage.mode=perPod with storage.perPod.outputToClaim=false"
+    else:
+        fix = "use ReadWriteMany (or ReadWriteOnce + ReadOnlyMany) on a storage class that supports it, or set storage.mode=perPod (works with any storage class)"
     if "ReadWriteOncePod" in access_modes:
-        return Problem(where, f"{what} is ReadWriteOncePod: only one pod can mount it, but {num_workers} pods share it in shared mode",
-                       "set storage.mode=perPod, or use a ReadWriteMany claim", ERROR, "storage-sharing")
-    if not any(m in access_modes for m in SHAREABLE_ACCESS_MODES):
-        return Problem(where, f"{what} has access modes {access_modes or '[]'}: {num_workers} pods on different nodes cannot all mount it in shared mode",
-                       "use ReadWriteMany (or ReadWriteOnce + ReadOnlyMany) on a storage class that supports it, or set storage.mode=perPod (works with any storage class)",
-                       ERROR, "storage-sharing")
+        return Problem(where, f"{what} is ReadWriteOncePod: only one pod can mount it, but {num_workers} pods share it in {mode} mode",
+                       fix, ERROR, "storage-sharing")
+    if not any(m in access_modes for m in (("ReadWriteMany",) if v2 else SHAREABLE_ACCESS_MODES)):
+        why = (f"backend trainjob mounts it read-write in all {num_workers} node pods (a TrainJob's nodes share one pod template)"
+               if v2 else f"{num_workers} pods on different nodes cannot all mount it in shared mode")
+        return Problem(where, f"{what} has access modes {access_modes or '[]'}: {why}", fix, ERROR, "storage-sharing")
     return None
 
 
@@ -137,7 +156,7 @@ def rule_names(v: dict[str, Any]) -> Iterator[Problem]:
         if isinstance(name, str) and name and not is_dns1123_label(name):
             yield Problem(path, f"{name!r} is not a valid Kubernetes name", label_hint, ERROR, "names")
     for path in ("storage.existingClaim", "secrets.hf.existingSecret", "secrets.s3.existingSecret",
-                 "serviceAccount.name", "job.priorityClassName"):
+                 "serviceAccount.name", "job.priorityClassName", "trainjob.runtimeRef.name"):
         name = get(v, path, "")
         if isinstance(name, str) and name and not is_dns1123_subdomain(name):
             yield Problem(path, f"{name!r} is not a valid Kubernetes object name", sub_hint, ERROR, "names")
@@ -152,18 +171,49 @@ def rule_names(v: dict[str, Any]) -> Iterator[Problem]:
 
 def rule_storage_sharing(v: dict[str, Any]) -> Iterator[Problem]:
     mode, workers = get(v, "storage.mode"), _int(get(v, "job.numWorkers"))
-    if mode is MISSING or workers is None or mode != "shared" or workers <= 1:
+    backend, to_claim = get(v, "backend", PYTORCHJOB), get(v, "storage.perPod.outputToClaim", True) is not False
+    if mode is MISSING or workers is None or not claim_is_shared(mode, workers, backend, to_claim):
         return
     claim = get(v, "storage.existingClaim", "")
     if claim:
-        yield Problem("storage.existingClaim", f"shared mode with {workers} pods: the access modes of claim {claim!r} are not known here",
-                      "it must be ReadWriteMany (or ReadWriteOnce + ReadOnlyMany); the preflight hook checks it in the cluster", WARNING, "storage-sharing")
+        needed = "ReadWriteMany" if backend == TRAINJOB else "ReadWriteMany (or ReadWriteOnce + ReadOnlyMany)"
+        yield Problem("storage.existingClaim", f"{mode} mode with {workers} pods: the access modes of claim {claim!r} are not known here",
+                      f"it must be {needed}; the preflight hook checks it in the cluster", WARNING, "storage-sharing")
         return
     modes = get(v, "storage.accessModes")
     if isinstance(modes, list):  # absent in a config view (preflight): the created claim's modes are unknown there
-        problem = shared_storage_problem(mode, workers, [str(m) for m in modes], "storage.accessModes")
+        problem = shared_storage_problem(mode, workers, [str(m) for m in modes], "storage.accessModes",
+                                         backend=backend, output_to_claim=to_claim)
         if problem:
             yield problem
+
+
+def rule_backend(v: dict[str, Any]) -> Iterator[Problem]:
+    """Values a backend cannot honour, and values that act differently on Kubeflow Trainer v2."""
+    backend = get(v, "backend", PYTORCHJOB)
+    if backend != TRAINJOB:
+        for path in ("trainjob.runtimeRef.name", "trainjob.runtimeAnnotations"):
+            if get(v, path, None):
+                yield Problem(path, "does not apply to backend pytorchjob", "set backend=trainjob, or remove it", NOTICE, "backend")
+        return
+    if get(v, "job.restartPolicy") == "Always":
+        yield Problem("job.restartPolicy", "Always does not apply to backend trainjob (it restarts a pod even after it succeeded)",
+                      "use ExitCode (retry exit codes 128-255), OnFailure or Never", ERROR, "backend")
+    clean = get(v, "job.runPolicy.cleanPodPolicy")
+    if clean == "All":
+        yield Problem("job.runPolicy.cleanPodPolicy", "All does not apply to backend trainjob: a finished JobSet deletes the pods "
+                      "still running and keeps the finished ones (their logs)", "use Running (what it does), or backend pytorchjob", ERROR, "backend")
+    elif clean == "None":
+        yield Problem("job.runPolicy.cleanPodPolicy", "backend trainjob deletes the pods still running when the job ends (as Running): "
+                      "None cannot keep them", "set Running to say so", NOTICE, "backend")
+    if get(v, "job.runPolicy.ttlSecondsAfterFinished", None) is not None:
+        yield Problem("job.runPolicy.ttlSecondsAfterFinished", "backend trainjob deletes the JobSet and its pods then; the TrainJob "
+                      "and its conditions stay (helm test still reads them)", "", NOTICE, "backend")
+    env = get(v, "job.env", [])
+    reserved = sorted({e.get("name") for e in env if isinstance(e, dict)} & set(TORCHRUN_RESERVED_ENV)) if isinstance(env, list) else []
+    if reserved:
+        yield Problem("job.env", f"{', '.join(reserved)} are set by Kubeflow Trainer's torch plugin; its webhook rejects a TrainJob that sets them",
+                      "remove them from job.env (job.numWorkers and job.nprocPerNode set them)", ERROR, "backend")
 
 
 def _resource_maps(v: dict[str, Any]) -> Iterator[tuple[str, bool, dict[str, Any], dict[str, Any]]]:
@@ -227,6 +277,9 @@ def rule_gpu_procs(v: dict[str, Any]) -> Iterator[Problem]:
     elif nproc is not None and 0 < nproc < gpus:
         yield Problem("job.nprocPerNode", f"{nproc} process(es) per pod for {gpus} GPUs: {gpus - nproc} GPU(s) stay idle",
                       f"set job.nprocPerNode to {gpus} or \"auto\"", WARNING, "gpu-procs")
+    elif str(nproc_raw) == "auto" and gpus == 0 and get(v, "backend", PYTORCHJOB) == TRAINJOB:
+        yield Problem("job.nprocPerNode", "\"auto\" without GPUs: Kubeflow Trainer starts one process per requested CPU "
+                      "(job.resources cpu; 1 without a request)", "request GPUs (job.resources.gpu) or set a number", NOTICE, "gpu-procs")
     elif str(nproc_raw) == "auto" and gpus == 0:
         yield Problem("job.nprocPerNode", "\"auto\" without GPUs starts one process per CPU core of the node",
                       "request GPUs (job.resources.gpu) or set a number", WARNING, "gpu-procs")
@@ -310,7 +363,7 @@ def rule_method_and_task(v: dict[str, Any]) -> Iterator[Problem]:
 
 
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Problem]], ...] = (
-    rule_names, rule_storage_sharing, rule_quantities, rule_gpu_procs, rule_uris, rule_secrets,
+    rule_names, rule_storage_sharing, rule_backend, rule_quantities, rule_gpu_procs, rule_uris, rule_secrets,
     rule_method_and_task,
 )
 
