@@ -7,12 +7,16 @@ initializer killed with SIGKILL mid-download.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from initializer.faultproxy import FaultProxy
-from initializer.helpers import kill_midway, run_cli, tree_digest, write_config
+from initializer.helpers import CLI, kill_midway, run_cli, tree_digest, write_config
 from llm_finetune.core.config import load_config
 from llm_finetune.core.digest import Checksum, file_checksum
 from llm_finetune.core.volume import read_manifest
@@ -168,6 +172,35 @@ def test_kill_9_resumes_from_ranges_and_hashes_again_what_it_keeps(tmp_path, s3_
     assert result["model"]["transferredBytes"] == 12 * MiB - kept + (model / "config.json").stat().st_size
     assert proxy.sent - sent < 12 * MiB - kept + 64 * 1024  # GET bodies + headers of the missing bytes only
     assert read_manifest(model) is not None and not (model / JOURNAL_NAME).exists()
+
+
+def test_sigterm_mid_download_stops_at_once_and_the_rerun_resumes(tmp_path, s3_server, kinds, s3_env, termination_log):
+    """SIGTERM (the pod deleted) while ranges stream in through a slow link: the transfers are cut, what was
+    written is recorded, one line, exit 143 within seconds; the next attempt fetches only the rest."""
+    model = tmp_path / "ws" / "model"
+    with FaultProxy(s3_server.endpoint, rate=2 * MiB) as proxy:
+        config = config_for(tmp_path, proxy.endpoint, kinds, ("config.json", "model.safetensors"),
+                            multipartThresholdMiB=2, concurrency=2)
+        proc = subprocess.Popen([CLI, "initialize", "--config", str(config)], env={**os.environ, **s3_env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while (big := _journal(model).get("model.safetensors")) is None or sum(b - a for a, b in big.have) < 2 * MiB:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143 and time.monotonic() - started < 5, err
+        message = "initializer: stopped by SIGTERM — what was downloaded is kept; the next attempt resumes it"
+        assert termination_log.read_text() == message
+        assert [line for line in err.splitlines() if "SIGTERM" in line][0].endswith(message) and "Traceback" not in err
+        kept = sum(b - a for a, b in _journal(model)["model.safetensors"].have)
+        assert 2 * MiB <= kept < 12 * MiB
+
+        proxy.rate = 0
+        result = initialize(load_config(config))
+    assert result["model"]["transferredBytes"] <= 12 * MiB - kept + (kinds / "config.json").stat().st_size
+    assert (model / "model.safetensors").read_bytes() == (kinds / "model.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize("etag, headers, expected", [

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from .core.errors import EXIT_USAGE
+from .core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
 from .core.version import __version__
 
 # name -> (module, one-line help)
@@ -63,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     from .core.log import setup_logging
 
     setup_logging()
-    return int(module.run(args) or 0)
+    code = int(module.run(args) or 0)
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        from .core.proc import arm_exit_watchdog
+
+        arm_exit_watchdog(code)  # a library thread still blocked in I/O cannot keep the process alive
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,8 @@
 """Exit codes, error types and the termination message.
 
 Exit codes follow fms-hf-tuning and line up with Kubeflow's ``restartPolicy: ExitCode``
-(1-127 are permanent failures, 128-255 are retried):
+(1-127 are permanent failures, 128-255 are retried:
+training-operator@v1.9.0:pkg/util/train/train_util.go ``IsRetryableExitCode``: ``>= 128``):
 
 ====  ==============================================================
 code  meaning
@@ -10,9 +11,12 @@ code  meaning
 1     user error: bad config or values, missing repo/bucket/file,
       wrong credentials, unsupported combination. Fix the input.
 2     command-line usage error (argparse)
-130   interrupted (SIGINT/SIGTERM); retried under ExitCode
-143   terminated (SIGTERM): the trainer saved a checkpoint and stopped;
-      retried under ExitCode, the next attempt resumes
+130   interrupted by SIGINT (Ctrl-C); retried under ExitCode
+143   stopped by SIGTERM (pod deleted, evicted or preempted; run-local
+      stopped), 128 + 15 as for a process the signal killed: the command
+      logs one line and writes the termination message; the initializer
+      keeps what it downloaded and the trainer saves a checkpoint first,
+      so the next attempt resumes. Retried under ExitCode
 202   external error: a remote service kept failing after all retries
       (retried under ExitCode)
 203   internal error: a bug; the traceback is in the log
@@ -20,6 +24,12 @@ code  meaning
 
 Every failure writes one line to the termination log (``/dev/termination-log`` in a pod,
 ``$LLM_FINETUNE_TERMINATION_LOG`` elsewhere) so ``kubectl describe pod`` shows it.
+
+SIGTERM: :func:`guarded` makes it raise :class:`Terminated` in the main thread (once: a
+second SIGTERM during the clean-up is ignored), which unwinds like Ctrl-C does.
+``Terminated`` is a ``BaseException``: no ``except Exception`` (ours or a library's) can
+take it for a transient error and retry. A command that must do something first (the
+trainer: a checkpoint) installs its own handler.
 """
 
 from __future__ import annotations
@@ -27,7 +37,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Callable
+import signal
+import threading
+from typing import Any, Callable
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 1
@@ -45,10 +57,8 @@ _TERMINATION_MESSAGE_LIMIT = 4096
 log = logging.getLogger("llm_finetune")
 
 
-class FinetuneError(Exception):
-    """Base error: a message a person can act on, and the exit code that goes with it."""
-
-    exit_code = EXIT_INTERNAL_ERROR
+class _Rendered:
+    """A message a person can act on: ``field: message — hint``."""
 
     def __init__(self, message: str, *, field: str | None = None, hint: str | None = None):
         self.message = message
@@ -61,6 +71,25 @@ class FinetuneError(Exception):
         if self.hint:
             text += f" — {self.hint}"
         return text
+
+
+class FinetuneError(_Rendered, Exception):
+    """Base error: a message a person can act on, and the exit code that goes with it."""
+
+    exit_code = EXIT_INTERNAL_ERROR
+
+
+class Terminated(_Rendered, BaseException):
+    """Stopped by SIGTERM (after what had to be saved). Exit code 143, retried under ExitCode.
+
+    A ``BaseException`` like ``KeyboardInterrupt``: the signal handler raises it wherever the
+    main thread is, and an ``except Exception`` there must not swallow it.
+    """
+
+    exit_code = EXIT_TERMINATED
+
+    def __init__(self, message: str = "stopped by SIGTERM", *, field: str | None = None, hint: str | None = None):
+        super().__init__(message, field=field, hint=hint)
 
 
 class UserError(FinetuneError):
@@ -102,34 +131,56 @@ def write_termination_message(message: str) -> None:
         pass
 
 
-def guarded(step: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+def raise_terminated(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
+    """SIGTERM handler: raise :class:`Terminated` once; later SIGTERMs are ignored (the clean-up runs)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def _on_sigterm(handler: Any) -> Callable[[], None]:
+    """Install ``handler`` for SIGTERM (main thread only); returns what puts the previous one back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def guarded(step: str, *, terminated: str | None = None) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """Decorate a command's main: map exceptions to exit codes and a termination message.
 
-    ``step`` names the command in the message ("initializer", "trainer", ...).
+    ``step`` names the command in the message ("initializer", "trainer", ...); ``terminated``
+    is the hint of the message when SIGTERM stops it (what is kept, what happens next).
     """
 
     def decorate(fn: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs) -> int:
+            restore = _on_sigterm(raise_terminated)
             try:
                 return fn(*args, **kwargs) or EXIT_OK
             except FinetuneError as exc:
-                msg = f"{step}: {exc.render()}"
-                log.error(msg)
-                write_termination_message(msg)
-                return exc.exit_code
+                return _failed(step, exc.render(), exc.exit_code)
+            except Terminated as exc:
+                if terminated and not exc.hint:
+                    exc.hint = terminated
+                return _failed(step, exc.render(), EXIT_TERMINATED, level=logging.WARNING)
             except KeyboardInterrupt:
-                msg = f"{step}: interrupted"
-                log.error(msg)
-                write_termination_message(msg)
-                return EXIT_INTERRUPTED
+                return _failed(step, "interrupted (SIGINT)", EXIT_INTERRUPTED)
             except Exception as exc:  # noqa: BLE001 - last resort, keeps the traceback in the log
                 log.exception("%s: internal error", step)
                 msg = f"{step}: internal error: {type(exc).__name__}: {exc}"
                 write_termination_message(msg)
                 return EXIT_INTERNAL_ERROR
+            finally:
+                restore()
 
         return wrapper
 
     return decorate
 
+
+def _failed(step: str, text: str, code: int, *, level: int = logging.ERROR) -> int:
+    msg = f"{step}: {text}"
+    log.log(level, msg)
+    write_termination_message(msg)
+    return code

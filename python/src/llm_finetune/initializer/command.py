@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up waiting after this many seconds (default: %(default)s)")
 
 
-@guarded("initializer")
+@guarded("initializer", terminated="what was downloaded is kept; the next attempt resumes it")
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.wait:

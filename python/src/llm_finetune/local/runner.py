@@ -4,7 +4,8 @@ Each pod runs its init containers in order, then its ``pytorch`` container; pods
 concurrently (Workers' init containers wait for the Master's downloads, torchrun's
 rendezvous joins the trainers). Output lines are prefixed with ``pod/container`` and kept
 in ``<workdir>/logs/``. The first process that fails stops every other one, and its own
-termination message and exit code become run-local's. Ctrl-C stops all processes.
+termination message and exit code become run-local's. Ctrl-C (exit 130) and SIGTERM (exit
+143) stop all processes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import EXIT_INTERRUPTED, FinetuneError
+from ..core.errors import EXIT_INTERRUPTED, FinetuneError, Terminated
 from .plan import JobPlan, PodPlan, ProcessSpec
 
 log = logging.getLogger("llm_finetune.local")
@@ -117,16 +118,15 @@ class Runner:
     def run(self) -> None:
         """Run every pod; raise :class:`StepFailed` with the failing step's message and code."""
         threads = [threading.Thread(target=self._run_pod, args=(p,), name=p.name, daemon=True) for p in self.plan.pods]
-        previous = signal.getsignal(signal.SIGINT)
-        interrupted = threading.Event()
+        stopped_by: list[int] = []  # SIGINT (Ctrl-C) or SIGTERM: every pod is stopped with it
 
-        def on_sigint(signum, frame):  # noqa: ARG001
-            interrupted.set()
-            threading.Thread(target=self.stop_all, kwargs={"sig": signal.SIGINT}, daemon=True).start()
+        def on_signal(signum, frame):  # noqa: ARG001
+            if not stopped_by:
+                stopped_by.append(signum)
+                threading.Thread(target=self.stop_all, kwargs={"sig": signum}, daemon=True).start()
 
         in_main = threading.current_thread() is threading.main_thread()
-        if in_main:
-            signal.signal(signal.SIGINT, on_sigint)
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         try:
             for t in threads:
                 t.start()
@@ -134,11 +134,13 @@ class Runner:
                 while t.is_alive():
                     t.join(0.2)
         finally:
-            if in_main:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.stop_all(grace=5.0)
-        if interrupted.is_set():
+        if stopped_by == [signal.SIGINT]:
             raise KeyboardInterrupt
+        if stopped_by:
+            raise Terminated(hint="every process of the job was stopped (SIGTERM: trainers save a checkpoint first)")
         if self.failure:
             spec, code = self.failure.spec, self.failure.code
             try:

@@ -9,6 +9,12 @@
   a checkpoint path (pod path; it must hold ``trainer_state.json``).
 * Rotation (``save_total_limit``) is ours, after the marker: transformers' own rotation runs
   before our marker exists and could delete the last complete checkpoint.
+* Every rank's state: transformers has each rank write ``rng_state_<rank>.pth`` into its own
+  output folder (rank > 0: node-local scratch). ``on_save`` moves those files into rank 0's
+  checkpoint (:func:`~.dist.gather_rank_files`) before the marker, so a checkpoint restores
+  every rank's random generators (dropout, sampling): a resumed run continues the loss curve
+  of an uninterrupted one. A resume says which ranks a checkpoint cannot restore
+  (:func:`warn_missing_rank_state`).
 * SIGTERM (pod deleted/preempted): the next optimizer step saves a checkpoint and training
   stops; the command exits 143 (retried under ``restartPolicy: ExitCode``) and the next
   attempt resumes from it. Every rank agrees on the stop at each step (one tiny all-reduce).
@@ -26,19 +32,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import EXIT_TERMINATED, ConfigError, FinetuneError
+from ..core.errors import ConfigError, Terminated
 from ..core.volume import atomic_write_json, read_json, walk_files
+from .dist import Ranks, gather_rank_files
 
 log = logging.getLogger("llm_finetune.trainer")
 
 MARKER = ".llm-finetune-complete.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-class Terminated(FinetuneError):
-    """SIGTERM: stopped (after a checkpoint when training had started). Exit 143, retried."""
-
-    exit_code = EXIT_TERMINATED
 
 
 def step_of(path: str | os.PathLike[str]) -> int | None:
@@ -95,6 +96,23 @@ def incomplete_reason(path: str | os.PathLike[str], files: list[dict[str, Any]] 
     except (OSError, ValueError):
         return "trainer_state.json is missing or damaged"
     return None
+
+
+def missing_rank_state(path: str | os.PathLike[str], world_size: int) -> list[int]:
+    """The ranks whose RNG state ``path`` lacks (transformers names it per rank when world_size > 1)."""
+    p = Path(path)
+    if world_size <= 1:
+        return [] if (p / "rng_state.pth").is_file() else [0]
+    return [r for r in range(world_size) if not (p / f"rng_state_{r}.pth").is_file()]
+
+
+def warn_missing_rank_state(path: str | os.PathLike[str], world_size: int) -> None:
+    """Say which ranks a resume from ``path`` cannot restore exactly, and why."""
+    lacking = missing_rank_state(path, world_size)
+    if lacking:
+        log.warning("checkpoint %s has no RNG state of rank(s) %s: they resume with fresh random generators, so "
+                    "dropout and sampling differ from an uninterrupted run (it was written with save_only_model, by "
+                    "another number of processes, or by an older version)", path, ", ".join(map(str, lacking)))
 
 
 def latest_complete(checkpoints_dir: str | os.PathLike[str]) -> Path | None:
@@ -196,8 +214,10 @@ def make_callback(stop: StopFlag, save_total_limit: int | None):
             return control
 
         def on_save(self, args, state, control, **kwargs):
+            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            # Every rank's state (rank > 0: RNG) into rank 0's checkpoint before it is marked complete.
+            gather_rank_files(Ranks.from_env(), path, path if state.is_world_process_zero else None)
             if state.is_world_process_zero:
-                path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
                 if os.path.isdir(path):
                     mark_complete(path, state.global_step)
                     rotate(args.output_dir, save_total_limit, state.best_model_checkpoint)

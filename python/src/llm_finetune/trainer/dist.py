@@ -8,6 +8,10 @@
 * :func:`sync_checkpoint`: in perPod mode Workers cannot see the Master's claim, so rank 0
   streams the checkpoint's files over a gloo group to one rank per node that lacks them,
   which writes them to node-local scratch.
+* :func:`gather_rank_files`: the other way round, at every save: what a rank > 0 wrote into
+  its own (scratch) checkpoint folder (its RNG state ``rng_state_<rank>.pth``; sharded
+  states) is sent to rank 0, which writes it into the checkpoint on the claim, so that the
+  checkpoint holds every rank's state and a resume is exact on every rank.
 """
 
 from __future__ import annotations
@@ -102,6 +106,75 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def _cpu_group():
+    """A process group that carries CPU tensors: the default one under gloo, else a gloo group made once."""
+    import torch.distributed as dist
+
+    global _GLOO
+    if dist.get_backend() == "gloo":
+        return None
+    if _GLOO is None:
+        _GLOO = dist.new_group(backend="gloo")  # every rank calls this at the same point (a collective)
+    return _GLOO
+
+
+_GLOO = None
+
+
+def gather_rank_files(ranks: Ranks, local_dir: str | os.PathLike[str], dest_dir: str | os.PathLike[str] | None) -> int:
+    """Collective: every file under a rank > 0's ``local_dir`` is written under rank 0's ``dest_dir``.
+
+    Rank r's copy is removed once sent (it is in the checkpoint now: node scratch keeps nothing).
+    A name rank 0 already has is kept as rank 0 wrote it. Returns the number of files moved.
+    """
+    if not ranks.distributed:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    local = Path(local_dir)
+    mine = []
+    if not ranks.is_main and local.is_dir():
+        mine = sorted((p.relative_to(local).as_posix(), p.stat().st_size) for p in local.rglob("*") if p.is_file())
+    lists: list[Any] = [None] * ranks.world_size
+    dist.all_gather_object(lists, mine)
+    group = _cpu_group()
+    for src in range(1, ranks.world_size):
+        for rel, size in lists[src]:
+            if ranks.rank == src:
+                with open(local / rel, "rb") as fh:
+                    for n in _pieces(size):
+                        dist.send(torch.frombuffer(bytearray(fh.read(n)), dtype=torch.uint8), dst=0, group=group)
+            elif ranks.is_main:
+                _receive(Path(dest_dir) / rel, size, src, group)
+    if not ranks.is_main and mine:
+        shutil.rmtree(local, ignore_errors=True)
+    return sum(len(files) for files in lists)
+
+
+def _pieces(size: int) -> list[int]:
+    return [min(CHUNK_BYTES, size - done) for done in range(0, size, CHUNK_BYTES)]
+
+
+def _receive(dst: Path, size: int, src: int, group) -> None:
+    import torch
+    import torch.distributed as dist
+
+    keep = dst.exists()
+    if keep:
+        log.warning("rank %d wrote %s too; keeping rank 0's", src, dst)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.from-rank-{src}")
+    with open(os.devnull if keep else tmp, "wb") as out:
+        for n in _pieces(size):
+            buf = torch.empty(n, dtype=torch.uint8)
+            dist.recv(buf, src=src, group=group)
+            out.write(buf.numpy().tobytes())
+    if not keep:
+        os.replace(tmp, dst)
 
 
 def sync_checkpoint(ranks: Ranks, path: str | None, files: list[dict[str, Any]] | None,

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from ..core.config import DEFAULT_CONFIG_PATH
-from ..core.errors import EXIT_EXTERNAL_ERROR, EXIT_INTERNAL_ERROR, write_termination_message
+from ..core.errors import (EXIT_EXTERNAL_ERROR, EXIT_INTERNAL_ERROR, EXIT_TERMINATED, termination_log_path,
+                           write_termination_message)
+from ..core.proc import LAUNCHER_PID_ENV, exit_on_sigterm
 
 log = logging.getLogger("llm_finetune.launch")
 
@@ -48,6 +51,19 @@ def exit_code_of_failure(exitcode: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    before = _termination_log()  # a worker's own message wins over ours
+
+    def stopped() -> int:  # until torchrun handles SIGTERM itself (once its workers run)
+        msg = "launch: stopped by SIGTERM before the workers started"
+        log.warning(msg)
+        write_termination_message(msg)
+        return EXIT_TERMINATED
+
+    exit_on_sigterm(stopped)  # torchrun may be blocked in its rendezvous store (C++)
+    return _launch(args, before)
+
+
+def _launch(args: argparse.Namespace, before: bytes | None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
@@ -55,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from torch.distributed.run import run as torchrun
 
     targs = parse_args(worker_argv(args.config))
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # the workers die with this process (core.proc)
     try:
         torchrun(targs)
     except ChildFailedError as exc:
@@ -65,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     except SignalException as exc:
         code = 128 + int(exc.sigval)
         log.warning("launch: got signal %s; workers were asked to checkpoint and stop; exiting %s", exc.sigval, code)
+        if _termination_log() == before:
+            write_termination_message(f"launch: stopped by signal {exc.sigval}; the workers were asked to checkpoint "
+                                      "and stop")
         return code
     except RendezvousError as exc:  # the other pods did not show up in time: retryable
         msg = f"launch: the pods of the job could not meet (rendezvous): {exc}"
@@ -76,3 +96,11 @@ def run(args: argparse.Namespace) -> int:
         write_termination_message(f"launch: torchrun failed: {type(exc).__name__}: {exc}")
         return EXIT_INTERNAL_ERROR
     return 0
+
+
+def _termination_log() -> bytes | None:
+    try:
+        with open(termination_log_path(), "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.config import CAUSAL_LM, JobConfig
-from ..core.errors import UserError
+from ..core.errors import Terminated, UserError
 from ..core.log import format_duration
 from . import checkpoints as ckpt
 from .args import build_args, set_data_fields
@@ -122,6 +122,7 @@ def train(cfg: JobConfig, stop: ckpt.StopFlag) -> int:
                              lambda p, f: ckpt.incomplete_reason(p, f) is None, scratch / f"node-{ranks.node_rank}")
     if resume and ranks.is_main:
         log.info("resuming from %s", resume)
+        ckpt.warn_missing_rank_state(resume, args.world_size)
 
     # -- model and trainer --
     num_labels = info.get("numLabels")
@@ -164,7 +165,7 @@ def train(cfg: JobConfig, stop: ckpt.StopFlag) -> int:
     stop.in_training = True
     result = trainer.train(resume_from_checkpoint=resume)
     if stop.stopped_at is not None:
-        raise ckpt.Terminated(f"stopped by SIGTERM at step {stop.stopped_at}, after saving checkpoint-{stop.stopped_at}",
+        raise Terminated(f"stopped by SIGTERM at step {stop.stopped_at}, after saving checkpoint-{stop.stopped_at}",
                               hint="the next attempt resumes from it")
     eval_metrics = None
     if eval_ds is not None:
