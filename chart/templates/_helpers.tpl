@@ -6,19 +6,19 @@ ARCHITECTURE.md; the Python side reads them from config.yaml's paths, never hard
 
 {{/* Chart name (63 characters at most). */}}
 {{- define "llm-finetune.name" -}}
-{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- regexReplaceAll "-+$" (default .Chart.Name .Values.nameOverride | trunc 63) "" }}
 {{- end }}
 
 {{/* Release-scoped name prefix: release name + chart name (63 characters at most). */}}
 {{- define "llm-finetune.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- regexReplaceAll "-+$" (.Values.fullnameOverride | trunc 63) "" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- regexReplaceAll "-+$" (.Release.Name | trunc 63) "" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- regexReplaceAll "-+$" (printf "%s-%s" .Release.Name $name | trunc 63) "" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -40,10 +40,10 @@ which Helm and the validator both apply.
 {{- define "llm-finetune.jobName" -}}
 {{- $max := eq .Values.backend "trainjob" | ternary 46 52 }}
 {{- $full := include "llm-finetune.fullname" . }}
-{{- $id := toString .Values.runId }}
-{{- $name := $full | trunc $max | trimSuffix "-" }}
+{{- $id := include "llm-finetune.runId" . }}
+{{- $name := regexReplaceAll "-+$" ($full | trunc $max) "" }}
 {{- if $id }}
-{{- $name = printf "%s-%s" ($full | trunc (max 0 (sub $max (add1 (len $id))) | int) | trimSuffix "-") $id }}
+{{- $name = printf "%s-%s" (regexReplaceAll "-+$" ($full | trunc (max 0 (sub $max (add1 (len $id))) | int)) "") $id }}
 {{- end }}
 {{- if not (regexMatch "^[a-z]" $name) }}
 {{- fail (printf "job name %q must start with a letter (the Training Operator requires a DNS-1035 name); set fullnameOverride" $name) }}
@@ -63,7 +63,7 @@ which Helm and the validator both apply.
 {{/* Name of a hook resource: fullname truncated so that "<name>-<suffix>" fits 63 characters. */}}
 {{- define "llm-finetune.hookName" -}}
 {{- $full := include "llm-finetune.fullname" .root }}
-{{- printf "%s-%s" ($full | trunc (int (sub 62 (len .suffix))) | trimSuffix "-") .suffix }}
+{{- printf "%s-%s" (regexReplaceAll "-+$" ($full | trunc (int (sub 62 (len .suffix)))) "") .suffix }}
 {{- end }}
 
 {{- define "llm-finetune.selectorLabels" -}}
@@ -148,20 +148,47 @@ and NOTES.txt all mount or name the claim here.
 {{- printf "%s/runs/%s" $root (include "llm-finetune.jobName" .) }}
 {{- end }}
 
+{{/* runId as text: an integer without an exponent (Helm reads YAML numbers as floats; toString would give 1e+06). */}}
+{{- define "llm-finetune.runId" -}}
+{{- if or (kindIs "float64" .Values.runId) (kindIs "int64" .Values.runId) (kindIs "int" .Values.runId) }}
+{{- int64 .Values.runId | toString }}
+{{- else }}
+{{- toString .Values.runId }}
+{{- end }}
+{{- end }}
+
+{{/*
+A map without its null leaves, as YAML. Helm 3 drops a user's null on a key whose chart default
+is null, Helm 4 keeps it: without this the two would render different config.yaml files (and
+ConfigMap names). training.args/lora keep theirs: there a null drops a default, in both Helms.
+*/}}
+{{- define "llm-finetune.withoutNulls" -}}
+{{- $out := dict }}
+{{- range $k, $v := . }}
+{{- if kindIs "map" $v }}
+{{- $_ := set $out $k (include "llm-finetune.withoutNulls" $v | fromYaml) }}
+{{- else if not (kindIs "invalid" $v) }}
+{{- $_ := set $out $k $v }}
+{{- end }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
 {{/* config.yaml: the one contract both images read (llm_finetune.config.load_config). No secrets. */}}
 {{- define "llm-finetune.config" -}}
+{{- include "llm-finetune.checks" . }}
 {{- $paths := dict "workspace" "/workspace" "model" "/workspace/model" "dataset" "/workspace/dataset" "cache" "/workspace/cache" "run" (include "llm-finetune.runPath" .) }}
 {{- $config := dict
   "apiVersion" "llm-finetune/v1"
-  "run" (dict "name" (include "llm-finetune.jobName" .) "id" (toString .Values.runId))
+  "run" (dict "name" (include "llm-finetune.jobName" .) "id" (include "llm-finetune.runId" .))
   "paths" $paths
   "storage" (dict "mode" .Values.storage.mode)
-  "model" .Values.model
-  "dataset" .Values.dataset
-  "data" .Values.data
+  "model" (include "llm-finetune.withoutNulls" .Values.model | fromYaml)
+  "dataset" (include "llm-finetune.withoutNulls" .Values.dataset | fromYaml)
+  "data" (include "llm-finetune.withoutNulls" .Values.data | fromYaml)
   "training" .Values.training
-  "output" .Values.output
-  "download" .Values.download }}
+  "output" (include "llm-finetune.withoutNulls" .Values.output | fromYaml)
+  "download" (include "llm-finetune.withoutNulls" .Values.download | fromYaml) }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -204,4 +231,35 @@ subjects:
   - kind: ServiceAccount
     name: {{ .name }}
     namespace: {{ .root.Release.Namespace }}
+{{- end }}
+
+{{/*
+Dotted paths of the values that look like a credential, one per line: (dict "v" <value> "path" <path>).
+The expression is llm_finetune.validate.credentials.CREDENTIAL_RE (a test compares them).
+*/}}
+{{- define "llm-finetune.credentialPaths" -}}
+{{- $re := "hf_[A-Za-z0-9]{30,}|(^|[^A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}([^A-Z0-9]|$)" }}
+{{- if kindIs "map" .v }}
+{{- range $k, $x := .v }}
+{{- $p := ternary $k (printf "%s.%s" $.path $k) (eq $.path "") }}
+{{- if regexMatch $re $k }}
+{{ $.path | default "(values)" }} (one of its keys)
+{{- end }}
+{{- include "llm-finetune.credentialPaths" (dict "v" $x "path" $p) }}
+{{- end }}
+{{- else if kindIs "slice" .v }}
+{{- range $i, $x := .v }}
+{{- include "llm-finetune.credentialPaths" (dict "v" $x "path" (printf "%s[%d]" $.path $i)) }}
+{{- end }}
+{{- else if and (kindIs "string" .v) (regexMatch $re .v) }}
+{{ .path }}
+{{- end }}
+{{- end }}
+
+{{/* Checks of the values no schema can express; every template runs them (through llm-finetune.config). */}}
+{{- define "llm-finetune.checks" -}}
+{{- $found := include "llm-finetune.credentialPaths" (dict "v" .Values "path" "") | trim }}
+{{- if $found }}
+{{- fail (printf "%s: looks like a credential (a Hugging Face token or an AWS key id); values are rendered in clear text into the PyTorchJob and ConfigMaps. Put it in a Kubernetes Secret and reference that (secrets.hf / secrets.s3, or an env entry's valueFrom)" (splitList "\n" $found | join ", ")) }}
+{{- end }}
 {{- end }}

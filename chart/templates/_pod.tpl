@@ -108,10 +108,21 @@ Every Secret key the job's pods read, in env order: a JSON list of {env, secret,
 {{- end }}
 
 {{/*
-Env of every job container: (dict "root" $ "extra" <list of EnvVar>). Writable homes and
+Env of every job container: (dict "root" $ "extra" <list of EnvVar> "where" <its values path>
+"reserved" <EnvVars the caller sets besides>). Writable homes and
 caches under /tmp (read-only root filesystem), then secrets by reference only, then extra.
 */}}
 {{- define "llm-finetune.env" -}}
+{{- $chart := include "llm-finetune.chartEnv" . }}
+{{- include "llm-finetune.checkEnvNames" (dict "chart" (concat (.reserved | default list) ($chart | fromYamlArray)) "extra" .extra "where" .where) }}
+{{- $chart }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The env the chart sets on every job container (the first part of llm-finetune.env). */}}
+{{- define "llm-finetune.chartEnv" -}}
 - name: HOME
   value: /tmp
 - name: XDG_CACHE_HOME
@@ -135,8 +146,24 @@ caches under /tmp (read-only root filesystem), then secrets by reference only, t
       name: {{ .secret | quote }}
       key: {{ .key | quote }}
 {{- end }}
-{{- with .extra }}
-{{ toYaml . }}
+{{- end }}
+
+{{/*
+User env entries whose names the chart already sets, or that repeat:
+(dict "chart" <EnvVar list> "extra" <user's EnvVar list> "where" <values path>). A container's env
+is a list keyed by name: server-side apply refuses a name twice, and elsewhere the later entry wins.
+llm_finetune.validate.envvars refuses the same, naming who sets it.
+*/}}
+{{- define "llm-finetune.checkEnvNames" -}}
+{{- $seen := dict }}
+{{- range .chart }}
+{{- $_ := set $seen .name "the chart" }}
+{{- end }}
+{{- range $i, $e := .extra }}
+{{- if hasKey $seen $e.name }}
+{{- fail (printf "%s[%d].name: %s is already set by %s; remove this entry (a container's env holds each name once)" $.where $i $e.name (get $seen $e.name)) }}
+{{- end }}
+{{- $_ := set $seen $e.name (printf "%s[%d]" $.where $i) }}
 {{- end }}
 {{- end }}
 

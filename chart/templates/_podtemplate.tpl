@@ -68,7 +68,7 @@ affinity:
 {{- $v := .root.Values }}
 {{- include "llm-finetune.container" (dict "root" .root "name" .name "image" $v.images.initializer
       "command" "initialize" "flags" (.wait | ternary (list "--wait") (list))
-      "env" (include "llm-finetune.env" (dict "root" .root "extra" $v.initializer.env))
+      "env" (include "llm-finetune.env" (dict "root" .root "extra" $v.initializer.env "where" "initializer.env"))
       "resources" $v.initializer.resources "mounts" (include "llm-finetune.workspaceMounts" .wait | fromYamlArray)) }}
 {{- end }}
 
@@ -139,5 +139,5 @@ The trainer: (dict "root" $ "name" <container name> "readOnlyWorkspace" <bool> "
 # Seconds torchrun gives the workers to checkpoint after SIGTERM (inside the pod's grace period).
 - name: TORCH_ELASTIC_SHUTDOWN_TIMEOUT
   value: {{ min $grace (max 5 (sub $grace 10)) | quote }}
-{{ include "llm-finetune.env" (dict "root" . "extra" .Values.job.env) }}
+{{ include "llm-finetune.env" (dict "root" . "extra" .Values.job.env "where" "job.env" "reserved" (list (dict "name" "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"))) }}
 {{- end }}

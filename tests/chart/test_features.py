@@ -325,8 +325,10 @@ def test_long_names_truncate_the_release_never_the_run_id(helm):
 def test_job_name_must_start_with_a_letter(helm):
     # runId itself is checked by the schema alone (tests/chart/test_schema.py); the name's
     # first character comes from the release or fullnameOverride.
-    with pytest.raises(UserError, match="must start with a letter"):
+    with pytest.raises(UserError, match="fullnameOverride"):  # the schema: a DNS-1035 label
         render(helm, {"fullnameOverride": "1abc"})
+    with pytest.raises(UserError, match="must start with a letter"):  # a release name starting with a digit
+        render(helm, release="1abc")
 
 
 def test_labels(helm):

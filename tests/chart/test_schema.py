@@ -127,9 +127,9 @@ def test_schema_is_draft7_and_values_yaml_conforms():
     jsonschema.Draft7Validator(SCHEMA).validate(VALUES)
 
 
-def _in_condition(path):
-    """A node inside an if/then: it states a rule across fields, it does not define values."""
-    return bool(re.search(r"/(if|then)(/|$)", path))
+def _in_condition(path: str) -> bool:
+    """Inside an if/then/not: a condition on values, not a place that documents a field."""
+    return bool(re.search(r"/(if|then|not)(/|$)", path))
 
 
 def test_every_property_has_a_description():
@@ -140,8 +140,9 @@ def test_every_property_has_a_description():
     assert missing == []
 
 
-# Objects whose keys are free-form by design.
-OPEN_OBJECTS = {"#/definitions/envList/items", "#/properties/global"}  # global: a parent chart's keys
+# Objects whose keys are free-form by design: a parent chart's keys, and the pass-through maps
+# (their properties only bound a few well-known keys: introspection checks the rest).
+OPEN_OBJECTS = {"#/properties/global", "#/properties/training/properties/args", "#/properties/training/properties/lora"}
 
 
 def test_every_object_with_properties_is_closed():
@@ -152,8 +153,10 @@ def test_every_object_with_properties_is_closed():
 
 
 def _schema_paths(node, prefix=()):
-    """Dotted paths of every schema property reachable from node."""
+    """Dotted paths of every schema property reachable from node (not into the pass-through maps)."""
     node = _resolve(node)
+    if node.get("additionalProperties") is not False and prefix:
+        return
     for name, child in (node.get("properties") or {}).items():
         yield prefix + (name,), child
         yield from _schema_paths(child, prefix + (name,))
@@ -171,7 +174,7 @@ def _lookup_schema(path):
     node = SCHEMA
     for part in path:
         node = _resolve(node)
-        if "properties" not in node:
+        if "properties" not in node or (node.get("additionalProperties") is not False and part not in node["properties"]):
             return node  # a free-form map: whatever is below is documented by it
         if part not in node["properties"]:
             return None
@@ -224,7 +227,7 @@ def test_every_values_key_is_used_by_a_template_and_every_reference_exists():
 
 def _schema_keys(node):
     node = _resolve(node)
-    if "properties" not in node:
+    if "properties" not in node or node.get("additionalProperties") is not False:
         return None
     return {k: _schema_keys(v) for k, v in node["properties"].items()}
 
@@ -296,7 +299,7 @@ def test_per_pod_without_a_claim_is_one_schema_rule(helm4):
     values["output"]["export"]["uri"] = "s3://bucket/run"
     assert validate_values(values, SCHEMA, introspect=False) == []
     del values["output"]  # e.g. output: null in a values file
-    assert [p.path for p in validate_values(values, SCHEMA, introspect=False)] == ["output"]
+    assert {p.path for p in validate_values(values, SCHEMA, introspect=False)} == {"output"}
     # the templates do not check it again: without the schema, Helm renders it
     assert template(CHART, set_values=["storage.mode=perPod", "storage.perPod.outputToClaim=false"], helm=helm4,
                     extra_args=["--skip-schema-validation"])

@@ -54,7 +54,7 @@ def test_bad_config_names_the_field(data, field, words):
 
 @pytest.mark.parametrize("over, field, words", [
     ({"training": {"method": "prefix"}}, "training.method", "is not allowed — use one of 'lora', 'dora', 'qlora', 'full'"),
-    ({"model": {"uri": ""}}, "model.uri", "'' does not match"),
+    ({"model": {"uri": ""}}, "model.uri", "'' must be hf://org/name"),
     ({"storage": {"mode": "everywhere"}}, "storage.mode", "is not allowed — use one of 'shared', 'perPod'"),
     ({"model": {"uri": "hf://o/m", "torchDtype": "int4"}}, "model.torchDtype", "is not allowed"),
     ({"training": {"qlora": {"bits": 3}}}, "training.qlora.bits", "is not allowed"),

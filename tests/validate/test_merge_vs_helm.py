@@ -31,6 +31,10 @@ def _render_modes(helm, files, sets):
     return template(CHART, values_files=[str(f) for f in files], helm=helm, extra_args=extra)
 
 
+def without_nulls(node):
+    return {k: without_nulls(v) for k, v in node.items() if v is not None} if isinstance(node, dict) else node
+
+
 def write(tmp_path, name, data):
     path = tmp_path / name
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))  # str: YAML text as a user writes it
@@ -48,7 +52,8 @@ CASES = {
                                          {"data": {"packing": None}, "training": {"args": {"seed": None, "bf16": True}}}], []),
     # Helm 3 drops every user null; Helm 4 keeps one whose default is null or absent.
     "null-without-default": ([{"training": {"args": {"max_grad_norm": None}}, "model": {"numLabels": None}}], []),
-    "set-null-deletes-map": ([], [("typed", "training.lora=null"), ("typed", "model.s3.region=null")]),
+    "set-null-on-nullable-and-passthrough": ([], [("typed", "training.lora.lora_dropout=null"), ("typed", "data.packing=null"),
+                                                  ("typed", "model.numLabels=null")]),
     "set-json-and-string": ([], [("json", 'training.lora={"r": 8, "target_modules": ["q_proj", "v_proj"]}'),
                                  ("string", "model.revision=1234"), ("typed", "training.args.bf16=true")]),
     # Scalars typed as Go's YAML types them: a dot-less exponent is a float, a date stays a string.
@@ -65,7 +70,9 @@ def test_merge_equals_helm(helm, tmp_path, case):
     ours = V.helm_values(CHART, files, sets, helm_major=3 if "helm-3" in helm else 4)
     rendered = helm_config(helm, files, sets)
     for section in CONFIG_SECTIONS:
-        assert rendered[section] == ours[section], section
+        # The chart drops null leaves from config.yaml (Helm 3 and 4 keep different ones) but
+        # training's: there a null drops a default.
+        assert rendered[section] == (ours[section] if section == "training" else without_nulls(ours[section])), section
     assert not [p for p in validate_values(ours, SCHEMA, introspect=False) if p.rule == "schema"]
 
 

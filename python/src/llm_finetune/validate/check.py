@@ -70,11 +70,17 @@ def validate_values(values: dict[str, Any], schema: dict[str, Any], *, introspec
 
 def _combine(schema_found: list[Problem], semantic: list[Problem]) -> list[Problem]:
     """Schema and rule problems without repeats: where both reject a field, the rule's message
-    is the more specific one; a rule is not run past a field the schema rejected."""
+    is the more specific one; a rule is not run past a field the schema rejected. No message
+    repeats a credential it found (:func:`llm_finetune.validate.credentials.redact`)."""
+    from dataclasses import replace
+
+    from .credentials import redact
+
     specific = {p.path for p in semantic if p.severity == ERROR}
     problems = [p for p in schema_found if p.path not in specific]
     rejected = {p.path for p in problems}
-    return problems + [p for p in semantic if not _under(p.path, rejected)]
+    found = problems + [p for p in semantic if not _under(p.path, rejected)]
+    return [replace(p, path=redact(p.path), message=redact(p.message), hint=redact(p.hint)) for p in found]
 
 
 def validate_files(files: Sequence[str | os.PathLike[str]] = (), sets: Iterable[tuple[str, str]] = (),
@@ -114,7 +120,10 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any], *, extra_val
     problems: list[Problem] = []
     view = config_values(config)
     for section, value in view.items():
-        for p in schema_problems(value, section_schema(schema, section)):
+        sub = section_schema(schema, section)
+        if section == "storage":  # the config holds storage.mode only: the rest is not required here
+            sub = {k: v for k, v in sub.items() if k != "required"}
+        for p in schema_problems(value, sub):
             path = f"{section}.{p.path}" if p.path != "(values)" else section
             problems.append(Problem(path, p.message, p.hint, p.severity, p.rule))
     if not problems:  # the strict loader stops at the first problem: run it when the schema found none

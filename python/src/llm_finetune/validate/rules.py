@@ -15,6 +15,9 @@ from typing import Any, Callable, Iterator
 from ..core.config import CAUSAL_LM
 from ..core.contract import merge_problems, qlora_gpu_problems, task_problems
 from ..core.problems import ERROR, NOTICE, WARNING, Problem
+from .credentials import rule_credentials
+from .envvars import rule_env
+from .prompt import rule_prompt_template
 
 MISSING: Any = object()
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -364,7 +367,7 @@ def rule_method_and_task(v: dict[str, Any]) -> Iterator[Problem]:
 
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Problem]], ...] = (
     rule_names, rule_storage_sharing, rule_backend, rule_quantities, rule_gpu_procs, rule_uris, rule_secrets,
-    rule_method_and_task,
+    rule_method_and_task, rule_credentials, rule_env, rule_prompt_template,
 )
 
 
