@@ -56,7 +56,7 @@ def _free_form(schema: dict[str, Any], node: dict[str, Any]) -> bool:
 def _by_key(schema: dict[str, Any], node: dict[str, Any], default: Any) -> bool:
     """Whether a key is documented through its keys rather than as a whole."""
     props = node.get("properties") or {}
-    if node.get("additionalProperties") is not False:  # a pass-through map (training.args): one row
+    if "additionalProperties" not in node:  # a pass-through map (training.args/lora): its properties only bound some keys
         return False
     return (isinstance(default, dict) and bool(default) and bool(props)
             and not all(_free_form(schema, child) for child in props.values()))

@@ -48,7 +48,7 @@ def build_args(cfg: JobConfig, *, output_dir: str, causal_lm: bool, has_eval: bo
         "logging_first_step": True,
         "include_num_input_tokens_seen": "non_padding",
         "ddp_find_unused_parameters": False,
-        "bf16": bool(cuda and bf16_ok),
+        "bf16": bool(cuda and bf16_ok and not values.get("fp16")),  # fp16 and bf16 exclude each other
     }
     if "gradient_checkpointing" not in values and "activation_checkpointing" not in values:
         # TRL turns it on for SFT (memory for speed); on CPU (tests, demos) speed matters more.
