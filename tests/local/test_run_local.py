@@ -140,3 +140,52 @@ def test_ctrl_c_stops_every_local_process(tmp_path, helm4):
     time.sleep(0.5)
     alive = [p for p in children if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
     assert alive == [], f"left running: {alive}"
+
+
+def _alive(pids) -> list[int]:
+    out = []
+    for p in pids:
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            out.append(p)
+    return out
+
+
+def test_sigkill_of_run_local_stops_every_process_and_the_workdir_is_locked_till_then(tmp_path, helm4):
+    """run-local killed with SIGKILL (no chance to clean up): every process it started still stops — the
+    trainers in their own sessions too — and a second run-local on the same workdir refuses to start
+    meanwhile, naming the PID that holds it."""
+    values = {"training": {"args": {"max_steps": 5000, "save_steps": 1000, "logging_steps": 1}}, "data": {"maxSeqLength": 64}}
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(values))
+    command = [LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "override.yaml"),
+               "--workdir", str(tmp_path / "work")]
+    log = open(tmp_path / "out.log", "w")
+    proc = subprocess.Popen(command, env=_env(tmp_path, helm4), stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while "step 2/5000" not in (tmp_path / "out.log").read_text():
+        assert proc.poll() is None, (tmp_path / "out.log").read_text()[-4000:]
+        assert time.monotonic() < deadline, "training did not start in time"
+        time.sleep(0.2)
+
+    second_env = {**_env(tmp_path, helm4), "LLM_FINETUNE_TERMINATION_LOG": str(tmp_path / "second.termination-log")}
+    second = subprocess.run(command, env=second_env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1, second.stdout + second.stderr
+    message = (tmp_path / "second.termination-log").read_text()
+    assert message.startswith(f"run-local: {tmp_path / 'work'} is in use by another run-local (PID {proc.pid} since ")
+    assert "[master-0/" not in second.stdout  # it started nothing
+
+    children = _descendants(proc.pid)
+    assert len(children) >= 4  # SeaweedFS, 2 launchers, their workers (each in a session of its own)
+    proc.kill()  # SIGKILL
+    proc.wait()
+    deadline = time.monotonic() + 120
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _alive(children) == [], f"left running: {_alive(children)}"
+
+    from llm_finetune.local.lock import lock_workdir
+
+    os.close(lock_workdir(tmp_path / "work"))  # free again once the last of them has ended

@@ -63,12 +63,14 @@ def _validate(values_files: list[str], set_values: list[str], chart: Path) -> No
 def run(args: argparse.Namespace) -> int:
     from ..core import helm
     from .plan import build_plan
+    from .lock import lock_workdir
     from .runner import Runner
     from .s3server import free_port
 
     chart = helm.find_chart(args.chart)
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    lock = None if args.dry_run else lock_workdir(workdir)  # held until every process started here has ended
     local_env = dict(os.environ)
     set_values = list(args.set_values)
     server = None
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(plan_as_dict(plan), indent=2, sort_keys=True))
             return 0
         log.info("run-local: job %s, %d pod(s), workdir %s", plan.job_name, len(plan.pods), workdir)
-        Runner(plan).run()
+        Runner(plan, keep_fds=(lock,) if lock is not None else ()).run()
     finally:
         if server is not None:
             server.stop()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import EXIT_INTERRUPTED, FinetuneError, Terminated
+from ..core.proc import parent_death_signal
 from .plan import JobPlan, PodPlan, ProcessSpec
 
 log = logging.getLogger("llm_finetune.local")
@@ -42,8 +43,9 @@ class _Outcome:
 
 
 class Runner:
-    def __init__(self, plan: JobPlan, *, stream=None):
+    def __init__(self, plan: JobPlan, *, stream=None, keep_fds: tuple[int, ...] = ()):
         self.plan = plan
+        self.keep_fds = keep_fds  # handed to every process (the workdir lock: local/lock.py)
         self.stream = stream or sys.stdout
         self.lock = threading.Lock()
         self.procs: list[subprocess.Popen] = []
@@ -62,8 +64,11 @@ class Runner:
                 os.unlink(spec.termination_log)
             except FileNotFoundError:
                 pass
+            # Its own session (stop_all signals a pod's process group), and SIGTERM when run-local dies, however it
+            # dies: the kernel sends it when the thread that started it ends, and _run_pod waits for it first.
             proc = subprocess.Popen(spec.argv, env=spec.env, cwd=self.plan.workdir, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=parent_death_signal(), pass_fds=self.keep_fds)
             self.procs.append(proc)
             return proc
 

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.proc import parent_death_signal
+
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key-0123456789"
 
@@ -97,7 +99,7 @@ def start_s3_server(directory: str | os.PathLike[str], *, access_key: str = ACCE
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     log = open(d / "weed.log", "wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=d,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=parent_death_signal())  # dies with its starter
     server = S3Server(f"http://127.0.0.1:{p['s3']}", access_key, secret_key, proc, d)
     deadline = time.monotonic() + timeout
     client = server.client()

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     stop = StopFlag()
     stop.install()
+    _die_with_launcher()
     cfg = load_config(args.config)
     from .run import train
 
@@ -35,6 +36,19 @@ def run(args: argparse.Namespace) -> int:
         return train(cfg, stop)
     finally:
         _teardown()
+
+
+def _die_with_launcher() -> None:
+    """Under ``launch``: SIGTERM when the launcher dies, however it dies. torchrun starts each worker in a
+    session of its own, so nothing else reaches a worker whose launcher was killed (run-local, a node agent)."""
+    import os
+
+    from ..core.errors import Terminated
+    from ..core.proc import LAUNCHER_PID_ENV, die_with_parent
+
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    if launcher.isdigit() and not die_with_parent(int(launcher)):
+        raise Terminated("the launcher (PID %s) is gone: nothing to train for" % launcher)
 
 
 def _teardown() -> None:
