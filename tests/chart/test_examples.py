@@ -37,6 +37,8 @@ def argocd_values(tmp_path_factory) -> Path:
 
 
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
+# Examples written for backend trainjob are tested in test_trainjob.py (both backends); here the PyTorchJob ones.
+EXAMPLES = [p for p in EXAMPLES if (yaml.safe_load(p.read_text()) or {}).get("backend", "pytorchjob") == "pytorchjob"]
 CASES = ["defaults", *(p.name for p in EXAMPLES), "argocd-application"]
 
 

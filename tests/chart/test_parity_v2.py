@@ -117,3 +117,27 @@ def test_intended_differences_are_exactly_these(chart_and_sdk):
     assert chart["spec"]["trainer"]["numProcPerNode"] == 1
     assert set(INTENDED_DIFFERENCES) == {"initializer", "access-token", "env", "api-group", "quantities", "labels",
                                          "name", "num-proc"}
+
+
+def test_every_v2_sdk_parameter_is_in_the_readme_table():
+    """The README's mapping table has a v2 column naming every parameter of TrainerClient.train(), of
+    the trainer/initializer types it takes and its Kubernetes options."""
+    import dataclasses
+    import inspect
+    from pathlib import Path
+
+    from kubeflow.trainer import (CustomTrainer, CustomTrainerContainer, HuggingFaceDatasetInitializer,
+                                  HuggingFaceModelInitializer, S3DatasetInitializer, S3ModelInitializer, TrainerClient)
+    from kubeflow.trainer import options
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- v1-mapping:start -->", 1)[1].split("<!-- v1-mapping:end -->", 1)[0]
+    v2_column = "\n".join(row.rsplit("|", 2)[-2] for row in table.splitlines() if row.startswith("| "))
+    names = [p for p in inspect.signature(TrainerClient.train).parameters if p not in ("self", "trainer", "initializer", "options")]
+    for cls in (CustomTrainer, CustomTrainerContainer, HuggingFaceModelInitializer, HuggingFaceDatasetInitializer,
+                S3ModelInitializer, S3DatasetInitializer):
+        names += [f.name for f in dataclasses.fields(cls)]
+    names += [n for n in ("Name", "Labels", "Annotations", "TrainerCommand", "TrainerArgs", "ActiveDeadlineSeconds", "RuntimePatches")
+              if hasattr(options, n)]
+    missing = sorted({n for n in names if n not in v2_column})
+    assert missing == []

@@ -86,7 +86,7 @@ def test_demo_end_to_end_initializer_then_two_workers_then_report(tmp_path, helm
 def test_bad_values_stop_with_the_validators_message_before_anything_starts(tmp_path, helm4):
     proc = run_local(tmp_path, helm4, values={"job": {"numWorkers": 0}, "data": {"format": "markdown"}}, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "job.numWorkers" in proc.stdout and "data.format" in proc.stdout
+    assert "job.numWorkers" in proc.stderr and "data.format" in proc.stderr  # the report is diagnostics: stdout is --dry-run's plan
     message = (tmp_path / "run-local.termination-log").read_text()
     assert message.startswith("run-local: 2 problem(s) in the values, nothing was started; first: ")
     work = tmp_path / "work"

@@ -4,7 +4,8 @@
 
 1. the values are validated (schema + semantic rules); problems stop the run before
    anything starts (exit 1);
-2. ``helm template`` renders the chart; the ConfigMap and the PyTorchJob are read back;
+2. ``helm template`` renders the chart; the ConfigMap and the job (PyTorchJob, or TrainJob and
+   its TrainingRuntime with ``backend: trainjob``) are read back;
 3. every pod of the job runs as local processes (``plan.py``, ``runner.py``) with
    ``/workspace``, ``/output``, ``/tmp`` and the config mount mapped to ``--workdir``;
 4. a summary says where the output, the loss curve and the before/after samples are.
@@ -21,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 from ..core.errors import guarded
@@ -52,7 +54,7 @@ def _validate(values_files: list[str], set_values: list[str], chart: Path) -> No
 
     report = validate_files(values_files, [("typed", s) for s in set_values], chart)
     if report.problems:
-        print_report(report, "text")
+        print_report(report, "text", file=sys.stderr)  # stdout is the plan's (--dry-run)
     if not report.ok:
         first = report.errors[0]
         raise UserError(f"{len(report.errors)} problem(s) in the values, nothing was started; first: "
@@ -110,7 +112,7 @@ def plan_as_dict(plan) -> dict:
         "job": plan.job_name,
         "config": plan.config_file,
         "pods": [{
-            "name": p.name, "replicaType": p.replica_type, "index": p.index,
+            "name": p.name, "replicaType": p.replica_type, "index": p.index, "stage": p.stage,
             "processes": [{
                 "container": s.container, "init": s.init, "argv": s.argv, "rendered": s.rendered_argv,
                 "env": {k: ("***" if k in SECRET_ENV_VARS else v) for k, v in sorted(s.env.items())},

@@ -1,10 +1,11 @@
 """Execute a :class:`~llm_finetune.local.plan.JobPlan`: every pod at once, like the cluster.
 
-Each pod runs its init containers in order, then its ``pytorch`` container; pods run
+Each pod runs its init containers in order, then its main container; the pods of a stage run
 concurrently (Workers' init containers wait for the Master's downloads, torchrun's
-rendezvous joins the trainers). Output lines are prefixed with ``pod/container`` and kept
-in ``<workdir>/logs/``. The first process that fails stops every other one, and its own
-termination message and exit code become run-local's. Ctrl-C (exit 130) and SIGTERM (exit
+rendezvous joins the trainers), and a stage starts once every pod of the earlier ones
+succeeded (a TrainJob's ``node`` pods after its ``init`` job: JobSet's ``dependsOn``). Output
+lines are prefixed with ``pod/container`` and kept in ``<workdir>/logs/``. The first process
+that fails stops every other one, and its own termination message and exit code become run-local's. Ctrl-C (exit 130) and SIGTERM (exit
 143) stop all processes.
 """
 
@@ -92,8 +93,8 @@ class Runner:
                     pass
                 p.wait()
 
-    def _pump(self, spec: ProcessSpec, proc: subprocess.Popen) -> None:
-        prefix = f"[{spec.pod.rsplit('-', 2)[-2]}-{spec.pod.rsplit('-', 1)[-1]}/{spec.container}] "
+    def _pump(self, pod: PodPlan, spec: ProcessSpec, proc: subprocess.Popen) -> None:
+        prefix = f"[{pod.short}/{spec.container}] "
         with open(self.logs / f"{spec.pod}.{spec.container}.log", "ab") as fh:
             assert proc.stdout is not None
             for raw in iter(proc.stdout.readline, b""):
@@ -109,7 +110,7 @@ class Runner:
             proc = self._start(spec)
             if proc is None:
                 return
-            self._pump(spec, proc)
+            self._pump(pod, spec, proc)
             code = proc.wait()
             if code != 0:
                 with self.lock:
@@ -122,7 +123,6 @@ class Runner:
 
     def run(self) -> None:
         """Run every pod; raise :class:`StepFailed` with the failing step's message and code."""
-        threads = [threading.Thread(target=self._run_pod, args=(p,), name=p.name, daemon=True) for p in self.plan.pods]
         stopped_by: list[int] = []  # SIGINT (Ctrl-C) or SIGTERM: every pod is stopped with it
 
         def on_signal(signum, frame):  # noqa: ARG001
@@ -133,11 +133,16 @@ class Runner:
         in_main = threading.current_thread() is threading.main_thread()
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         try:
-            for t in threads:
-                t.start()
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
+            for stage in sorted({p.stage for p in self.plan.pods}):  # a later stage waits for the earlier ones (dependsOn)
+                if self.failure or self.stopping.is_set():
+                    break
+                threads = [threading.Thread(target=self._run_pod, args=(p,), name=p.name, daemon=True)
+                           for p in self.plan.pods if p.stage == stage]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.2)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

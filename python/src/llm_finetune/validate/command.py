@@ -32,14 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", choices=("text", "json"), default="text", help="report format")
 
 
-def print_report(report, output: str) -> None:
+def print_report(report, output: str, file=None) -> None:
     if output == "json":
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(report.to_dict(), indent=2), file=file)
         return
     for p in report.problems:
         prefix = "" if p.severity == ERROR else f"{p.severity}: "
-        print(prefix + p.render())
-    print(report.summary())
+        print(prefix + p.render(), file=file)
+    print(report.summary(), file=file)
 
 
 @guarded("validate")
