@@ -124,8 +124,8 @@ def test_damage_that_persists_is_a_permanent_error_naming_the_file(tmp_path, s3_
         proc = run_cli(config_for(tmp_path, proxy.endpoint, kinds), s3_env)
     assert proc.returncode == 1, proc.stderr
     message = termination_log.read_text()
-    assert message.startswith("initializer: model.uri: kinds/tokenizer.json does not match its x-amz-checksum-sha256 "
-                              "after 3 downloads: the source says "), message
+    assert message.startswith(f"initializer: model.uri: s3://{BUCKET}/kinds/tokenizer.json does not match its "
+                              "x-amz-checksum-sha256 after 3 downloads: the source says "), message
     assert proxy.faults["corrupt"] == 3
     assert not (tmp_path / "ws" / "model" / "tokenizer.json").exists() and read_manifest(tmp_path / "ws" / "model") is None
 
@@ -249,10 +249,10 @@ def hub_repo(hf_hub) -> tuple[object, dict[str, bytes]]:
     return hf_hub, files
 
 
-def hub_config(tmp_path: Path, kinds: Path) -> Path:
+def hub_config(tmp_path: Path, kinds: Path, concurrency: int = 2) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
     return write_config(tmp_path, model={"uri": "hf://org/integrity"}, dataset={"uri": str(kinds)},
-                        download={"retryBackoffSeconds": 0.02, "concurrency": 2})
+                        download={"retryBackoffSeconds": 0.02, "concurrency": concurrency})
 
 
 def _digests(files: dict[str, bytes]) -> dict[str, str]:
@@ -275,26 +275,32 @@ def test_hub_files_damaged_on_the_way_are_fetched_again_then_an_error(tmp_path, 
     proc = run_cli(hub_config(tmp_path / "b", kinds), env)
     assert proc.returncode == 1, proc.stderr
     assert termination_log.read_text().startswith(
-        "initializer: model.uri: tokenizer.json of hf://org/integrity@"), termination_log.read_text()
-    assert "does not match its git blob id after 3 downloads: the Hub lists " in termination_log.read_text()
+        "initializer: model.uri: hf://org/integrity@"), termination_log.read_text()
+    assert "/tokenizer.json does not match its git blob id after 3 downloads: the source says " in \
+        termination_log.read_text()
 
 
-def test_hub_kill_9_keeps_only_what_hashes_to_the_listed_digest(tmp_path, hub_repo, kinds, caplog):
+def test_hub_kill_9_resumes_by_range_and_keeps_only_what_hashes_to_the_listed_digest(tmp_path, hub_repo, kinds):
     hub, files = hub_repo
     model = tmp_path / "ws" / "model"
     with FaultProxy(hub.endpoint, rate=400 * 1024) as proxy:  # the Hub behind a slow link
-        config = hub_config(tmp_path, kinds)
+        config = hub_config(tmp_path, kinds, concurrency=4)  # the 3 files (the big one as 2 ranges) at once
 
-        def partway() -> bool:  # the small files are in place, the 2 MiB one (5 s through the proxy) is not
-            return (model / "config.json").exists() and (model / "tokenizer.json").exists()
+        def partway() -> bool:  # the small files are in place, and half a MiB of the 2 MiB one is recorded
+            big = _journal(model).get("model.safetensors")
+            return (model / "config.json").exists() and (model / "tokenizer.json").exists() and big is not None \
+                and sum(b - a for a, b in big.have) >= MiB // 2
 
         kill_midway(config, {"HF_ENDPOINT": proxy.endpoint, "HF_TOKEN": ""}, partway)
     assert read_manifest(model) is None and not (model / "model.safetensors").exists()
+    kept = sum(b - a for a, b in _journal(model)["model.safetensors"].have)
     _flip(model / "config.json", 3)
     seen = len(hub.requests)
     proc = run_cli(config, {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": ""})
     assert proc.returncode == 0, proc.stderr
     assert tree_digest(model) == _digests(files)
-    assert "config.json on the volume does not match its git blob id" in proc.stderr
-    kept = [r for r in hub.requests[seen:] if r.method == "GET" and r.path.endswith("/tokenizer.json")]
-    assert kept == [] and "1 files verified on the volume, fetching 2" in proc.stderr
+    assert "config.json on the volume does not match its git blob id any more" in proc.stderr
+    gets = [r for r in hub.requests[seen:] if r.method == "GET" and "/resolve/" in r.path]
+    big = [r for r in gets if r.path.endswith("/model.safetensors")]
+    assert all(r.status == 206 for r in big) and sum(r.sent for r in big) == 2 * MiB - kept  # the rest only
+    assert not [r for r in gets if r.path.endswith("/tokenizer.json")]  # complete and verified: kept

@@ -9,13 +9,15 @@
   With ``dataset.split`` (the v1 reference's behaviour): ``datasets.load_dataset(repo,
   name, split=..., revision=...)`` materialized with ``save_to_disk`` into a staging
   folder, then moved into place (``layout: save_to_disk``, one Dataset = ``train``).
-* Verified: each file is fetched with ``hf_hub_download`` into a staging folder on the same
-  volume (``download.concurrency`` at once; huggingface_hub resumes a partial file from its
-  ``.incomplete`` copy with a Range request), checked against the digest the Hub lists for it
-  (LFS sha256, or the git blob id of a small file) and only then moved into the target. A
-  file already in the target is kept only when it hashes to that digest (a rerun after a kill,
-  or another revision sharing files). A mismatch is fetched again twice, then it is an error
-  naming the file.
+* Verified and resumed by byte range (:mod:`.ranged`, as S3 objects): each file is fetched
+  from ``resolve/<commit>/<path>`` by ranged GETs through huggingface_hub's HTTP session
+  (``download.concurrency`` at once) into ``<path>.part``, recorded in the journal as the bytes
+  land, checked against the digest the Hub lists for it (LFS sha256, or the git blob id of a
+  small file) and only then renamed into place. A killed download continues from the ranges
+  it recorded (huggingface_hub itself starts a killed file over). A file already in the
+  target is kept only when it hashes to that digest (a rerun after a kill, or another
+  revision sharing files). A mismatch is fetched again twice, then it is an error naming the
+  file. Files the Hub serves only through Xet (over 50 GB) cannot be fetched this way.
 * The token comes from ``HF_TOKEN`` only.
 """
 
@@ -25,23 +27,23 @@ import logging
 import os
 import shutil
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from ..core.digest import Checksum, mismatch
+from ..core.digest import Checksum
 from ..core.errors import FinetuneError, UserError
 from ..core.hub import classify_error, hf_token, parse_hf_uri
 from ..core.layout import DEFAULT_DATA_PATTERNS, layout_of_names
-from ..core.log import RateReporter, quiet_library_loggers
+from ..core.log import format_bytes, quiet_library_loggers
 from ..core.retry import RetryPolicy, describe
 from ..core.volume import sha256_file, walk_files
-from .base import Provider, check_model_files, ensure_parent, is_file_of_size, safe_relpath
+from .base import JOURNAL_NAME, Progress, Provider, check_model_files, ensure_parent, safe_relpath
+from .journal import Journal, covered
+from .ranged import CHUNK, Engine, IncompleteDownload, RemoteFile, triage
 
 log = logging.getLogger("llm_finetune.initializer")
 
 DEFAULT_MODEL_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt")
-VERIFY_ATTEMPTS = 3  # a file that does not match its digest is fetched again twice, then it is an error
 
 
 def hub_checksum(f) -> Checksum:
@@ -131,64 +133,28 @@ class HubProvider(Provider):
 
     def _download(self, sha: str, target: Path, selected) -> None:
         """Fetch the selected files that are not verified in ``target`` yet (see the module doc)."""
-        staging = self.ctx.tmp_dir / f"hub-{self.request.kind}"
-        todo = [f for f in selected if not self._verified(target, f)]
-        log.info("%s: %d files verified on the volume, fetching %d", self.request.uri, len(selected) - len(todo),
-                 len(todo))
+        dl = self.ctx.download
+        files = [RemoteFile(f.path, f.path, f.size, hub_checksum(f).value, target / f.path, expect=hub_checksum(f),
+                            learned=True) for f in selected]
+        journal = Journal(target / JOURNAL_NAME)
+        todo = triage(files, journal, None)
+        left = sum(f.size - covered(f.have) for f in todo)
+        log.info("%s: %d files, %s; %d verified on the volume, fetching %d (%s) with %d parallel downloads",
+                 self.request.uri, len(files), format_bytes(sum(f.size for f in files)), len(files) - len(todo),
+                 len(todo), format_bytes(left), max(1, dl.concurrency))
         if not todo:
+            journal.close()
             return
-        cancelled = threading.Event()
-        pool = ThreadPoolExecutor(max(1, self.ctx.download.concurrency), thread_name_prefix="hf-get")
-        progress = DirectoryProgress(f"{self.request.kind} {self.request.uri}", [staging, target],
-                                     sum(f.size for f in todo), len(todo))
+        progress = Progress(f"{self.request.kind} {self.request.uri}", left, len(todo))
+        policy = RetryPolicy(dl.retries, dl.retry_backoff_seconds, f"{self.request.field}.uri",
+                             cancelled=threading.Event())
+        engine = Engine(HubSource(self, sha), journal, policy, progress, concurrency=dl.concurrency,
+                        span=dl.multipart_threshold_mib << 20)
         try:
-            with progress:
-                futures = [pool.submit(self._fetch_file, sha, f, staging, target, cancelled) for f in todo]
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f.exception() for f in done if f.exception() is not None]
-                if failed:
-                    raise failed[0]
-        finally:  # a failure or a signal: the other downloads stop at their next file
-            cancelled.set()
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def _verified(self, target: Path, f) -> bool:
-        """Whether ``target/f.path`` is this file (its digest is the Hub's); a damaged or other file is removed."""
-        path = target / f.path
-        if not is_file_of_size(path, f.size):
-            if path.exists() or path.is_symlink():
-                path.unlink()
-            return False
-        expect = hub_checksum(f)
-        bad = mismatch(path, expect, f.size)
-        if bad is not None:
-            log.warning("%s on the volume does not match its %s (%s, the file has %s): fetching it again", f.path,
-                        expect.source, expect.value, bad)
-            path.unlink()
-        return bad is None
-
-    def _fetch_file(self, sha: str, f, staging: Path, target: Path, cancelled: threading.Event) -> None:
-        from huggingface_hub import hf_hub_download
-
-        expect = hub_checksum(f)
-        for attempt in range(1, VERIFY_ATTEMPTS + 1):
-            if cancelled.is_set():
-                return
-            path = Path(self._call(lambda: hf_hub_download(self.repo_id, f.path, repo_type=self.repo_type,
-                                                           revision=sha, local_dir=staging, token=hf_token()),
-                                   f"download {f.path} of"))
-            bad = mismatch(path, expect, f.size)
-            if bad is None:
-                os.replace(path, target / f.path)
-                return
-            path.unlink()
-            if attempt < VERIFY_ATTEMPTS:
-                log.warning("%s: %s says %s, the downloaded bytes hash to %s; fetching it again (%d/%d)", f.path,
-                            expect.source, expect.value, bad, attempt, VERIFY_ATTEMPTS - 1)
-        raise UserError(f"{f.path} of {self.request.uri}@{sha[:12]} does not match its {expect.source} after "
-                        f"{VERIFY_ATTEMPTS} downloads: the Hub lists {expect.value}, the downloaded bytes hash to {bad}",
-                        field=f"{self.request.field}.uri",
-                        hint="the file on the Hub (or on the mirror HF_ENDPOINT points at) is damaged")
+            engine.run(todo)
+        finally:
+            journal.close()
+        progress.finish()
 
     def _materialize_split(self, sha: str, target: Path) -> dict[str, Any]:
         """The v1 reference's behaviour: ``load_dataset(split=...)`` then ``save_to_disk``."""
@@ -238,38 +204,71 @@ def replace_contents(staging: Path, target: Path) -> None:
     staging.rmdir()
 
 
-class DirectoryProgress:
-    """Log progress of a download that a library runs into ``roots``, by watching bytes on disk."""
+class HubSource:
+    """Files of one commit of a Hub repo, as a :class:`~.ranged.Source` (their digests are known up front)."""
 
-    def __init__(self, what: str, roots: list[Path], total: int, files: int, *, interval: float = 10.0) -> None:
-        self.roots, self.files, self.interval = roots, files, interval
-        self.start_bytes = self._bytes()  # a resumed download counts only what it adds
-        self.reporter = RateReporter(log, what, max(total - self.start_bytes, 0) or None, interval=0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+    damaged_hint = "the file on the Hub (or on the mirror HF_ENDPOINT points at) is damaged"
 
-    def _bytes(self) -> int:
-        n = 0
-        for root in self.roots:
-            for dirpath, _, names in os.walk(root):
-                for name in names:
-                    try:
-                        n += os.lstat(os.path.join(dirpath, name)).st_size
-                    except OSError:
-                        pass
-        return n
+    def __init__(self, provider: HubProvider, sha: str) -> None:
+        from huggingface_hub import get_session
+        from huggingface_hub.utils import build_hf_headers
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.reporter.update(max(0, self._bytes() - self.start_bytes))
+        self.provider, self.sha = provider, sha
+        self.uri, self.field = provider.request.uri, provider.request.field
+        self.classify = provider._classify
+        self.session = get_session()
+        # identity: a CDN that compresses answers a Range request with the whole (gzipped) body
+        self.headers = {**build_hf_headers(token=hf_token()), "Accept-Encoding": "identity"}
+        self._open: set[Any] = set()
+        self._lock = threading.Lock()
 
-    def __enter__(self) -> "DirectoryProgress":
-        self._thread.start()
-        return self
+    def describe(self, f: RemoteFile) -> str:
+        return f"{self.uri}@{self.sha[:12]}/{f.key}"
 
-    def __exit__(self, exc_type, *rest) -> None:
-        self._stop.set()
-        self._thread.join()
-        if exc_type is None:
-            self.reporter.done = self.reporter.total or self.reporter.done
-            self.reporter.finish(f"files {self.files}/{self.files}")
+    def open(self, f: RemoteFile, start: int, end: int, *, learn: bool):
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import hf_raise_for_status
+
+        headers = dict(self.headers)
+        ranged = (start, end) != (0, f.size)
+        if ranged:
+            headers["Range"] = f"bytes={start}-{end - 1}"
+        url = hf_hub_url(self.provider.repo_id, f.key, repo_type=self.provider.repo_type, revision=self.sha)
+        response = self.session.send(self.session.build_request("GET", url, headers=headers), stream=True,
+                                     follow_redirects=True)
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            hf_raise_for_status(response)
+        if ranged and response.status_code != 206:
+            response.close()
+            raise IncompleteDownload(f"the server answered {response.status_code} to a Range request")
+        with self._lock:
+            self._open.add(response)
+        return response
+
+    def chunks(self, body) -> Iterator[bytes]:
+        try:
+            yield from body.iter_raw(CHUNK)
+        finally:
+            body.close()
+            with self._lock:
+                self._open.discard(body)
+
+    def abort(self) -> None:
+        with self._lock:
+            bodies = list(self._open)
+        for body in bodies:
+            try:
+                body.close()
+            except Exception:  # noqa: BLE001 - closed already, or closing from another thread failed
+                pass
+
+    def checksum(self, f: RemoteFile, headers: Any) -> Checksum | None:
+        return f.expect
+
+    def learn(self, f: RemoteFile) -> Checksum | None:
+        return f.expect
+
+    def part_sizes(self, f: RemoteFile, n: int) -> tuple[int, ...]:
+        raise AssertionError("Hub digests are whole-file digests")

@@ -109,7 +109,7 @@ class Journal:
 
     # -- writing -------------------------------------------------------------------
     def record(self, rel: str, size: int, etag: str, **fields: Any) -> None:
-        """Append one record about ``rel`` (``have=[a, b]``, ``part=k, digest=hex``, ``expect=``, ``done=``, ``reset=``)."""
+        """Append one record about ``rel``: ``have=[a, b]``, ``part=k, digest=hex``, ``expect=``, ``done=``, ``reset=``."""
         line = json.dumps({"path": rel, "size": size, "etag": etag, **fields}, separators=(",", ":")) + "\n"
         with self._lock:
             if self._fh is None:

@@ -6,7 +6,7 @@
 * Parallel: up to ``download.concurrency`` GETs at once; objects above
   ``download.multipartThresholdMiB`` are fetched as parallel ranged GETs into one file.
   Bodies are streamed to disk in 256 KiB chunks, never held whole in memory.
-* Verified, atomic and resumable (:mod:`.s3fetch`): each object is written to
+* Verified, atomic and resumable (:mod:`.ranged`, :mod:`.s3fetch`): each object is written to
   ``<name>.part`` by ranged GETs recorded in a journal (``.llm-finetune-journal.jsonl``,
   :mod:`.journal`), checked against the checksum the source publishes (``x-amz-checksum-*``
   or the MD5 ETag) and renamed into place. A rerun after a kill hashes the files and parts it
@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from ..core.digest import Checksum, hash_range, mismatch
 from ..core.errors import UserError
 from ..core.layout import layout_of_names
 from ..core.log import format_bytes
 from ..core.retry import RetryPolicy
 from ..core.s3client import classify_error, make_client, parse_s3_uri
-from .base import (JOURNAL_NAME, Progress, Provider, check_model_files, ensure_parent, is_file_of_size, matches,
-                   safe_relpath)
-from .journal import Entry, Journal, covered, subtract
-from .s3fetch import Engine, S3Object, Source
+from .base import JOURNAL_NAME, Progress, Provider, check_model_files, ensure_parent, matches, safe_relpath
+from .journal import Journal, covered
+from .ranged import Engine, RemoteFile, triage
+from .s3fetch import S3Source
 
 log = logging.getLogger("llm_finetune.initializer")
 
@@ -46,7 +44,7 @@ class S3Provider(Provider):
     def _classify(self, exc: BaseException) -> BaseException | None:
         return classify_error(exc, uri=self.request.uri, field=self.request.field)
 
-    def list_objects(self, client, bucket: str, prefix: str, policy: RetryPolicy) -> list[S3Object]:
+    def list_objects(self, client, bucket: str, prefix: str, policy: RetryPolicy) -> list[RemoteFile]:
         folder = prefix if prefix == "" or prefix.endswith("/") else prefix + "/"
 
         def listing() -> list[dict[str, Any]]:
@@ -75,7 +73,7 @@ class S3Provider(Provider):
             if not matches(rel, req.allow_patterns, req.ignore_patterns):
                 continue
             safe_relpath(rel, source=f"s3://{bucket}/{obj['Key']}")
-            objects.append(S3Object(obj["Key"], rel, int(obj["Size"]), str(obj.get("ETag", "")).strip('"')))
+            objects.append(RemoteFile(obj["Key"], rel, int(obj["Size"]), str(obj.get("ETag", "")).strip('"')))
         if not objects:
             raise UserError(f"no object under {req.uri} matches the allow/ignore patterns",
                             field=f"{req.field}.allowPatterns", hint="fix the patterns or clear them")
@@ -102,7 +100,7 @@ class S3Provider(Provider):
             obj.path = target / obj.rel if parent in made else ensure_parent(target, obj.rel)
             made.add(parent)
         journal = Journal(target / JOURNAL_NAME)
-        todo = self.triage(objects, journal)
+        todo = triage(objects, journal, self.previous)
         left = sum(o.size - covered(o.have) for o in todo)
         log.info("%s: %d objects, %s; %d verified on the volume, fetching %d (%s) with %d parallel downloads",
                  req.uri, len(objects), format_bytes(sum(o.size for o in objects)), len(objects) - len(todo),
@@ -110,8 +108,9 @@ class S3Provider(Provider):
         transferred = 0
         if todo:
             progress = Progress(f"{req.kind} {req.uri}", left, len(todo))
-            engine = Engine(Source(client, bucket, req.uri, req.field, self._classify), journal, policy, progress,
-                            concurrency=concurrency, span=dl.multipart_threshold_mib << 20)
+            source = S3Source(client, bucket, req.uri, req.field, self._classify)
+            engine = Engine(source, journal, policy, progress, concurrency=concurrency,
+                            span=dl.multipart_threshold_mib << 20)
             try:
                 engine.run(todo)
             finally:
@@ -124,73 +123,3 @@ class S3Provider(Provider):
                   **({"checksum": o.expect.as_json()} if o.expect is not None else {})} for o in ordered]
         return {"revision": "etags:" + digest.hexdigest()[:32], "files": files, "transferredBytes": transferred,
                 **layout}
-
-    # -- what an earlier attempt left ------------------------------------------------------
-    def triage(self, objects: list[S3Object], journal: Journal) -> list[S3Object]:
-        """Keep complete files that verify again, resume partial ones; return what is left to fetch.
-
-        Complete files come from the journal, or from the manifest of an older request (same
-        size and ETag). The journal is rewritten with what is kept.
-        """
-        entries = journal.load()
-        previous = {f.get("path"): f for f in (self.previous or {}).get("files", [])}
-        todo, kept = [], {}
-        for obj in objects:
-            entry = entries.get(obj.rel)
-            if entry is None or (entry.size, entry.etag) != (obj.size, obj.etag):
-                entry = _from_manifest(previous.get(obj.rel), obj)
-            if entry is not None and entry.done and self._keep_complete(obj, entry):
-                kept[obj.rel] = entry
-                continue
-            if entry is not None and not entry.done and is_file_of_size(obj.part, obj.size):
-                kept[obj.rel] = self._resume_partial(obj, entry)
-            todo.append(obj)
-        journal.compact(kept)
-        return todo
-
-    @staticmethod
-    def _keep_complete(obj: S3Object, entry: Entry) -> bool:
-        """A complete file is kept when it still has its size and (when there is one) its checksum."""
-        if not is_file_of_size(obj.path, obj.size):
-            return False
-        if entry.checksum is not None:
-            bad = mismatch(obj.path, entry.checksum, obj.size)
-            if bad is not None:
-                log.warning("%s on the volume does not match its %s any more (%s, the file has %s): fetching it "
-                            "again", obj.rel, entry.checksum.source, entry.checksum.value, bad)
-                obj.path.unlink()
-                return False
-        obj.expect, obj.learned = entry.checksum, True
-        return True
-
-    @staticmethod
-    def _resume_partial(obj: S3Object, entry: Entry) -> Entry:
-        """Keep the recorded ranges of ``obj.part``, minus hashed parts whose bytes changed since."""
-        obj.expect, obj.learned, obj.have = entry.expect, entry.expect is not None, list(entry.have)
-        if obj.expect is not None and entry.digests:
-            fd = os.open(obj.part, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            try:
-                for k, (a, b) in enumerate(obj.bounds()):
-                    want = entry.digests.get(k)
-                    if want is None:
-                        continue
-                    got = hash_range(fd, a, b, obj.expect.algorithm, obj.size)
-                    if got.hex() == want:
-                        obj.digests[k] = got
-                    else:
-                        log.warning("%s: bytes %d-%d on the volume changed since they were downloaded: fetching "
-                                    "them again", obj.rel, a, b - 1)
-                        obj.have = subtract(obj.have, a, b)
-            finally:
-                os.close(fd)
-        log.info("%s: resuming with %s of %s on the volume", obj.rel, format_bytes(covered(obj.have)),
-                 format_bytes(obj.size))
-        return Entry(obj.size, obj.etag, have=obj.have, digests={k: d.hex() for k, d in obj.digests.items()},
-                     expect=obj.expect)
-
-
-def _from_manifest(f: dict[str, Any] | None, obj: S3Object) -> Entry | None:
-    """An Entry for a file an older request's complete manifest lists with the same size and ETag."""
-    if not f or (f.get("size"), f.get("etag")) != (obj.size, obj.etag):
-        return None
-    return Entry(obj.size, obj.etag, done=True, checksum=Checksum.from_json(f.get("checksum")))
