@@ -4,6 +4,7 @@ the pinned versions gives, and the validator uses them without importing the lib
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,18 @@ def test_shipped_fields_are_the_installed_libraries():
     live = P.generate()
     assert json.dumps(live, sort_keys=True) == json.dumps(data, sort_keys=True), \
         "the data file is stale: run python -m llm_finetune.validate.passthrough --write"
+
+
+def test_descriptors_do_not_depend_on_what_was_imported_before():
+    """typing caches Unions by equality, and equal Unions may list their members in any order: an
+    annotation gets the order of whichever equal Union some module built first. (Why comparing the
+    shipped data with live introspection failed only after the trainer tests had imported TRL.)"""
+    key = f"only-here-{id(object())}"
+    typing.Optional[typing.Union[list[typing.Literal[key]], str]]  # built first, e.g. by another library
+    written = typing.Optional[typing.Union[str, list[typing.Literal[key]]]]
+    assert typing.get_args(written)[0] is not str  # the cached order, not the written one
+    assert P.descriptor(written) == {"anyOf": ["str", {"list": {"literal": [key]}}, "null"]}
+    assert P.descriptor(typing.Literal["b", True, "a", None]) == {"literal": ["a", "b", True, None]}
 
 
 def test_pinned_or_absent_libraries_use_the_shipped_data(monkeypatch):

@@ -41,15 +41,25 @@ INTROSPECT_ENV = "LLM_FINETUNE_INTROSPECT"  # "live": always introspect the inst
 
 
 # --------------------------------------------------------------------------- descriptors
+def _canonical(items: Any) -> list[Any]:
+    """Members of a Union/Literal in a fixed order (null last).
+
+    typing caches ``Union[...]``/``Literal[...]`` by equality, and equal ones may list their
+    members in another order (``Optional[Union[A, B]]`` is ``Union[B, A, None]`` when some
+    module built that first): the order of ``get_args`` depends on what was imported before.
+    """
+    return sorted(items, key=lambda d: (d is None or d == "null", json.dumps(d, sort_keys=True, default=str)))
+
+
 def descriptor(tp: Any) -> Any:
     """The JSON descriptor of annotation ``tp`` (what :func:`matches` needs, nothing more)."""
     if tp is Any or isinstance(tp, (str, typing.ForwardRef)):
         return "any"
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        return {"anyOf": [descriptor(a) for a in typing.get_args(tp)]}
+        return {"anyOf": _canonical(descriptor(a) for a in typing.get_args(tp))}
     if origin is typing.Literal:
-        return {"literal": list(typing.get_args(tp))}
+        return {"literal": _canonical(typing.get_args(tp))}
     if tp is type(None):
         return "null"
     for py, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str")):
