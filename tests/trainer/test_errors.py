@@ -80,7 +80,7 @@ def test_config_mistakes_found_before_loading_anything(case, tmp_path, tiny_mode
 def test_prompt_template_with_an_unknown_column_names_it(tiny_model):
     from llm_finetune.core.config import JobConfig
     from llm_finetune.core.errors import ConfigError
-    from llm_finetune.trainer.data import resolve_format
+    from llm_finetune.trainer.data.formats import resolve_format
 
     cfg = JobConfig()
     cfg.data.format, cfg.data.prompt_template, cfg.data.response_column = "instruction", ALPACA_TEMPLATE + "{context}", "output"

@@ -10,7 +10,7 @@ from llm_finetune.core.config import JobConfig
 from llm_finetune.core.errors import ConfigError
 from llm_finetune.trainer import checkpoints as ck
 from llm_finetune.core.dataset import render_prompt
-from llm_finetune.trainer.data import CHAT, INSTRUCTION, TEXT, resolve_format
+from llm_finetune.trainer.data.formats import CHAT, INSTRUCTION, TEXT, resolve_format
 
 
 def _checkpoint(root, step, *, complete=True, weights=b"w" * 10):
@@ -149,7 +149,7 @@ def test_packed_rows_attend_and_learn_within_each_sample_only(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llm_finetune.trainer.data import PackedRowsCollator
+    from llm_finetune.trainer.data.collator import PackedRowsCollator
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     a, b = list(range(10, 17)), list(range(40, 51))

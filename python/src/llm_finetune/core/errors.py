@@ -54,7 +54,7 @@ DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.
 _TERMINATION_MESSAGE_LIMIT = 4096
 
-log = logging.getLogger("llm_finetune")
+log = logging.getLogger(__name__)
 
 
 class _Rendered:

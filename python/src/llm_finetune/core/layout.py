@@ -32,7 +32,7 @@ from .errors import UserError
 from .volume import read_manifest
 from .volume import walk_files
 
-log = logging.getLogger("llm_finetune.initializer")
+log = logging.getLogger(__name__)
 
 FILE_TYPES = ("jsonl", "json", "csv", "parquet", "arrow")
 EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}

@@ -20,7 +20,7 @@ from typing import Callable, Optional, TypeVar
 
 from .errors import ExternalError, FinetuneError, UserError
 
-log = logging.getLogger("llm_finetune.initializer")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Classifier = Callable[[BaseException], Optional[BaseException]]
 MAX_DELAY = 60.0

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ..core.errors import ExternalError, UserError
 
-log = logging.getLogger("llm_finetune.hooks")
+log = logging.getLogger(__name__)
 ATTEMPTS = 3
 BACKOFF_ENV = "LLM_FINETUNE_KUBE_BACKOFF"  # seconds before the first retry (tests set 0)
 

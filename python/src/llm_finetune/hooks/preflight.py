@@ -47,7 +47,7 @@ from ..core.config import DEFAULT_CONFIG_PATH
 from ..core.errors import UserError, guarded
 from ..core.problems import ERROR, WARNING, Problem
 
-log = logging.getLogger("llm_finetune.preflight")
+log = logging.getLogger(__name__)
 
 RUNTIME_PLURALS = {"TrainingRuntime": "trainingruntimes", "ClusterTrainingRuntime": "clustertrainingruntimes"}
 

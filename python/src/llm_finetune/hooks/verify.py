@@ -39,7 +39,7 @@ from ..core.errors import ExternalError, UserError, guarded
 from ..core.log import format_bytes
 from ..core.volume import OUTPUT_MANIFEST, sha256_file
 
-log = logging.getLogger("llm_finetune.verify")
+log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 HASH_LIMIT_BYTES = 2 << 30  # larger files (full-model shards) are checked by size and by loading
@@ -192,40 +192,49 @@ def _model_kwargs(cfg: JobConfig, manifest: dict[str, Any]) -> dict[str, Any]:
 def check_loads(cfg: JobConfig, output_dir: Path, manifest: dict[str, Any], budget: int) -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it; its CPU warning is noise here
     if manifest["kind"] == "adapter":
-        from peft import PeftConfig
+        check_adapter_loads(cfg, output_dir, manifest, budget)
+    else:
+        check_model_loads(cfg, output_dir, manifest, budget)
 
-        try:
-            peft_config = PeftConfig.from_pretrained(str(output_dir), local_files_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"cannot read the adapter config in {output_dir}: {exc}", hint="the output is damaged: rerun the job") from None
-        weights = output_dir / "adapter_model.safetensors"
-        if not weights.is_file():
-            raise UserError(f"no adapter weights at {weights}", hint="the output is incomplete: rerun the job")
-        n = _check_tensors(weights)
-        log.info("adapter %s (%s) loads: %d tensors, all finite", type(peft_config).__name__, getattr(peft_config.peft_type, "value", peft_config.peft_type), n)
-        base = Path(cfg.model_dir)
-        if not (base / "config.json").is_file():
-            log.warning("base model not on this volume (%s; perPod mode keeps it per pod): adapter checked without it", base)
-            return
-        size = weights_size(base)
-        if size > budget:
-            log.warning("base model weights (%s) exceed the load budget (%s): not loaded (--max-load-gib)", format_bytes(size), format_bytes(budget))
-            return
-        from peft import PeftModel
 
-        try:
-            model = _auto_class(cfg).from_pretrained(str(base), **_model_kwargs(cfg, manifest))
-            model = PeftModel.from_pretrained(model, str(output_dir), is_trainable=False)
-        except UserError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"the adapter does not load onto the base model {base}: {type(exc).__name__}: {exc}",
-                            hint="was the base model on the volume replaced? rerun the job") from None
-        model.eval()
-        log.info("base model + adapter load (%s)", format_bytes(size))
-        _forward(model, [output_dir, base], cfg)
+def check_adapter_loads(cfg: JobConfig, output_dir: Path, manifest: dict[str, Any], budget: int) -> None:
+    """The adapter's config and weights; onto the base model and through a forward pass when it fits the budget."""
+    from peft import PeftConfig
+
+    try:
+        peft_config = PeftConfig.from_pretrained(str(output_dir), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot read the adapter config in {output_dir}: {exc}", hint="the output is damaged: rerun the job") from None
+    weights = output_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"no adapter weights at {weights}", hint="the output is incomplete: rerun the job")
+    n = _check_tensors(weights)
+    log.info("adapter %s (%s) loads: %d tensors, all finite", type(peft_config).__name__, getattr(peft_config.peft_type, "value", peft_config.peft_type), n)
+    base = Path(cfg.model_dir)
+    if not (base / "config.json").is_file():
+        log.warning("base model not on this volume (%s; perPod mode keeps it per pod): adapter checked without it", base)
         return
-    # kind == model: a full fine-tune
+    size = weights_size(base)
+    if size > budget:
+        log.warning("base model weights (%s) exceed the load budget (%s): not loaded (--max-load-gib)", format_bytes(size), format_bytes(budget))
+        return
+    from peft import PeftModel
+
+    try:
+        model = _auto_class(cfg).from_pretrained(str(base), **_model_kwargs(cfg, manifest))
+        model = PeftModel.from_pretrained(model, str(output_dir), is_trainable=False)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"the adapter does not load onto the base model {base}: {type(exc).__name__}: {exc}",
+                        hint="was the base model on the volume replaced? rerun the job") from None
+    model.eval()
+    log.info("base model + adapter load (%s)", format_bytes(size))
+    _forward(model, [output_dir, base], cfg)
+
+
+def check_model_loads(cfg: JobConfig, output_dir: Path, manifest: dict[str, Any], budget: int) -> None:
+    """A full fine-tune: its config, weights, and a forward pass when it fits the budget (headers only otherwise)."""
     from transformers import AutoConfig
 
     try:

@@ -27,7 +27,7 @@ from ..core.errors import UserError
 from ..core.log import RateReporter, format_bytes
 from ..core.volume import MANIFEST_NAME
 
-log = logging.getLogger("llm_finetune.initializer")
+log = logging.getLogger(__name__)
 
 # Names the initializer keeps for itself inside a target directory.
 RESERVED_PREFIX = ".llm-finetune"

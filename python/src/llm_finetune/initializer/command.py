@@ -26,7 +26,7 @@ from ..core.volume import manifest_path, read_manifest, write_manifest
 from .base import JOURNAL_NAME, Context, Request, prune, summarize
 from .registry import provider_for
 
-log = logging.getLogger("llm_finetune.initializer")
+log = logging.getLogger(__name__)
 KINDS = ("model", "dataset")
 DEFAULT_WAIT_TIMEOUT = 6 * 3600.0
 

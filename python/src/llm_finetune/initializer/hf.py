@@ -41,7 +41,7 @@ from .base import JOURNAL_NAME, Progress, Provider, check_model_files, ensure_pa
 from .journal import Journal, covered
 from .ranged import CHUNK, Engine, IncompleteDownload, RemoteFile, triage
 
-log = logging.getLogger("llm_finetune.initializer")
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.model", "*.tiktoken", "*.txt")
 

@@ -33,7 +33,7 @@ from .journal import Journal, covered
 from .ranged import Engine, RemoteFile, triage
 from .s3fetch import S3Source
 
-log = logging.getLogger("llm_finetune.initializer")
+log = logging.getLogger(__name__)
 
 
 class S3Provider(Provider):

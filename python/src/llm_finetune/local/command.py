@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..core.errors import guarded
 
-log = logging.getLogger("llm_finetune.local")
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .demo_assets import build_tiny_model, write_dataset
 
-log = logging.getLogger("llm_finetune.local")
+log = logging.getLogger(__name__)
 BUCKET = "llm-finetune-demo"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..core.config import JobConfig, load_config
 from .plan import JobPlan
 
-log = logging.getLogger("llm_finetune.local")
+log = logging.getLogger(__name__)
 
 
 def _history(cfg: JobConfig) -> list[dict[str, Any]]:

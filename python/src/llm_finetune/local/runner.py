@@ -25,7 +25,7 @@ from ..core.errors import EXIT_INTERRUPTED, FinetuneError, Terminated
 from ..core.proc import parent_death_signal
 from .plan import JobPlan, PodPlan, ProcessSpec
 
-log = logging.getLogger("llm_finetune.local")
+log = logging.getLogger(__name__)
 
 
 class StepFailed(FinetuneError):

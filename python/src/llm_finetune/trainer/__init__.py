@@ -1,8 +1,9 @@
 """The trainer: fine-tune the model on the volume under torchrun (``llm-finetune train``).
 
-Modules: ``command`` (entry point), ``run`` (one run on every rank), ``args``
-(TrainingArguments/SFTConfig from ``training.args``), ``data`` (formats, splits, prepared-data
-cache), ``model`` (tokenizer, model, LoRA/DoRA/QLoRA/full), ``checkpoints`` (completeness
+Modules: ``command`` (entry point), ``run`` (one run on every rank, as named steps), ``args``
+(TrainingArguments/SFTConfig from ``training.args``), ``data/`` (formats, classification,
+splits, prepared-data cache, collator: one module each), ``model`` (tokenizer, model,
+LoRA/DoRA/QLoRA/full, the start-up config check), ``checkpoints`` (completeness
 markers, resume, rotation, SIGTERM), ``dist`` (ranks, scratch, checkpoint broadcast),
 ``progress`` (log lines), ``output`` (the output folder and its ``manifest.json`` — keys
 documented there), ``export`` (S3 / Hugging Face Hub).

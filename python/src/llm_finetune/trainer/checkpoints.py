@@ -36,7 +36,7 @@ from ..core.errors import ConfigError, Terminated
 from ..core.volume import atomic_write_json, read_json, walk_files
 from .dist import Ranks, gather_rank_files
 
-log = logging.getLogger("llm_finetune.trainer")
+log = logging.getLogger(__name__)
 
 MARKER = ".llm-finetune-complete.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

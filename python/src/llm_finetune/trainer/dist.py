@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-log = logging.getLogger("llm_finetune.trainer")
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 << 20  # broadcast files in 64 MiB pieces
 
@@ -195,44 +195,13 @@ def sync_checkpoint(ranks: Ranks, path: str | None, files: list[dict[str, Any]] 
     sees = visible(local, files)
     if all_true(sees):
         return local
-    import torch
-    import torch.distributed as dist
-
     target = scratch / "resume" / Path(path).name
     # One writer per node that lacks the checkpoint: its lowest local rank.
     writer = not sees and ranks.is_local_main
     if writer:
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
-    group = dist.new_group(backend="gloo")
-    total = 0
-    for entry in files:
-        size = int(entry["size"])
-        dst = None
-        if writer:
-            dst = target / entry["path"]
-            dst.parent.mkdir(parents=True, exist_ok=True)
-        src = open(Path(path) / entry["path"], "rb") if ranks.is_main else None
-        out = open(dst, "wb") if dst is not None else None
-        try:
-            done = 0
-            while done < size:
-                n = min(CHUNK_BYTES, size - done)
-                if ranks.is_main:
-                    buf = torch.frombuffer(bytearray(src.read(n)), dtype=torch.uint8)
-                else:
-                    buf = torch.empty(n, dtype=torch.uint8)
-                dist.broadcast(buf, src=0, group=group)
-                if out is not None:
-                    out.write(buf.numpy().tobytes())
-                done += n
-        finally:
-            for fh in (src, out):
-                if fh is not None:
-                    fh.close()
-        total += size
-    dist.barrier(group=group)
-    dist.destroy_process_group(group)
+    total = _stream_checkpoint(ranks, Path(path), files, target if writer else None)
     if ranks.is_main:
         log.info("sent checkpoint %s (%d files, %d bytes) to the ranks that cannot see it", path, len(files), total)
     if sees:
@@ -241,3 +210,47 @@ def sync_checkpoint(ranks: Ranks, path: str | None, files: list[dict[str, Any]] 
         log.warning("received checkpoint %s from rank 0 (%d files, %d bytes) into node-local %s",
                     Path(path).name, len(files), total, target)
     return str(target)
+
+
+def _stream_checkpoint(ranks: Ranks, source: Path, files: list[dict[str, Any]], target: Path | None) -> int:
+    """Broadcast ``files`` of ``source`` from rank 0 over a gloo group (every rank takes part); a rank
+    given a ``target`` writes them there. Returns the bytes sent."""
+    import torch.distributed as dist
+
+    group = dist.new_group(backend="gloo")
+    total = 0
+    for entry in files:
+        dst = None
+        if target is not None:
+            dst = target / entry["path"]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        src = open(source / entry["path"], "rb") if ranks.is_main else None
+        out = open(dst, "wb") if dst is not None else None
+        try:
+            _stream_file(int(entry["size"]), src, out, group)
+        finally:
+            for fh in (src, out):
+                if fh is not None:
+                    fh.close()
+        total += int(entry["size"])
+    dist.barrier(group=group)
+    dist.destroy_process_group(group)
+    return total
+
+
+def _stream_file(size: int, src, out, group) -> None:
+    """One file in CHUNK_BYTES pieces: rank 0 reads ``src``; every rank receives; ``out`` (if any) is written."""
+    import torch
+    import torch.distributed as dist
+
+    done = 0
+    while done < size:
+        n = min(CHUNK_BYTES, size - done)
+        if src is not None:
+            buf = torch.frombuffer(bytearray(src.read(n)), dtype=torch.uint8)
+        else:
+            buf = torch.empty(n, dtype=torch.uint8)
+        dist.broadcast(buf, src=0, group=group)
+        if out is not None:
+            out.write(buf.numpy().tobytes())
+        done += n

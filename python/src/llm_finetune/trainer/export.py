@@ -23,7 +23,7 @@ from ..core.hub import hf_token, parse_hf_uri
 from ..core.retry import RetryPolicy
 from ..core.volume import OUTPUT_MANIFEST, walk_files
 
-log = logging.getLogger("llm_finetune.trainer")
+log = logging.getLogger(__name__)
 FIELD = "output.export"
 
 

@@ -30,7 +30,7 @@ from ..core.errors import (EXIT_EXTERNAL_ERROR, EXIT_INTERNAL_ERROR, EXIT_TERMIN
                            write_termination_message)
 from ..core.proc import LAUNCHER_PID_ENV, exit_on_sigterm
 
-log = logging.getLogger("llm_finetune.launch")
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

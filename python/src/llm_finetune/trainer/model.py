@@ -20,7 +20,7 @@ from ..core.errors import ConfigError, UserError
 from ..core.problems import raise_first_error
 from ..core.retry import describe
 
-log = logging.getLogger("llm_finetune.trainer")
+log = logging.getLogger(__name__)
 
 def gpu_count() -> int:
     import torch

@@ -37,7 +37,7 @@ from typing import Any
 from ..core.config import JobConfig
 from ..core.volume import OUTPUT_MANIFEST, atomic_write_json, read_manifest, sha256_file, walk_files
 
-log = logging.getLogger("llm_finetune.trainer")
+log = logging.getLogger(__name__)
 
 METRICS = "metrics.json"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..core.log import format_duration
 
-log = logging.getLogger("llm_finetune.trainer")
+log = logging.getLogger(__name__)
 
 DEBUG_SAMPLES_ENV = "LLM_FINETUNE_DEBUG_SAMPLES_DIR"
 

@@ -1,8 +1,9 @@
 """One training run, on every rank: config checks, data, model, train, output, export.
 
-Order matters for distributed runs: collectives (data-cache agreement, checkpoint sync,
-training, evaluation) happen on every rank in the same order; only rank 0 writes to the
-run folder, and it alone writes the output and exports after the other ranks are done.
+:func:`train` runs the steps below in order. Order matters for distributed runs:
+collectives (data-cache agreement, checkpoint sync, training, evaluation) happen on every
+rank in the same order; only rank 0 writes to the run folder, and it alone writes the
+output and exports after the other ranks are done.
 """
 
 from __future__ import annotations
@@ -10,55 +11,77 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.config import CAUSAL_LM, JobConfig
+from ..core.config import CAUSAL_LM, JobConfig, map_path
 from ..core.errors import Terminated, UserError
-from ..core.log import format_duration
+from ..core.log import format_duration, quiet_library_loggers
+from ..core.volume import OUTPUT_MANIFEST, read_json
 from . import checkpoints as ckpt
 from .args import build_args, set_data_fields
-from .data import (CHAT, INSTRUCTION, PackedRowsCollator, assistant_only_loss, cache_path, fingerprint, load_cached, load_splits,
-                   save_cache)
+from .data.cache import cache_path, fingerprint, load_cached, save_cache
+from .data.collator import PackedRowsCollator
+from .data.formats import CHAT, INSTRUCTION, assistant_only_loss
+from .data.splits import load_splits
 from .dist import Ranks, all_true, broadcast, scratch_root, sync_checkpoint, writable_dir
 from .model import check_config, load_model, load_tokenizer, lora_config
 from .progress import RecordingCollator, debug_samples_dir, make_progress_callback
 
-log = logging.getLogger("llm_finetune.trainer")
+log = logging.getLogger(__name__)
 
 # SFTConfig fields that change the prepared data (part of the cache fingerprint).
 _PREP_ARGS = ("seed", "packing_strategy", "truncation_mode", "shuffle_dataset", "eval_packing", "chat_template_path",
               "eos_token")
 
 
-def _quiet_libraries() -> None:
-    import warnings
+@dataclass
+class Run:
+    """What the steps share: the config, this process's ranks and scratch, the training arguments."""
 
-    import datasets
-    import transformers
+    cfg: JobConfig
+    ranks: Ranks
+    scratch: Path
+    args: Any  # SFTConfig | TrainingArguments
+    save_total_limit: int | None
+    peft_config: Any  # LoraConfig | None (full fine-tuning)
+    started: float = field(default_factory=time.monotonic)
 
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_warning()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_warning()
-    from ..core.log import quiet_library_loggers
-
-    quiet_library_loggers()
-    # Deprecation notices of the ML libraries are for developers, not pod logs.
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    @property
+    def causal(self) -> bool:
+        return self.cfg.model.transformer_type == CAUSAL_LM
 
 
-def _check_run_dir(cfg: JobConfig) -> None:
-    for d in (cfg.checkpoints_dir, cfg.logs_dir):
-        if not writable_dir(d):
-            raise UserError(f"rank 0 cannot write to {d}", field="paths.run",
-                            hint="the Master needs the claim mounted read-write (storage.existingClaim, "
-                                 "storage.perPod.outputToClaim)")
+@dataclass
+class Data:
+    """The training (and eval) datasets, ready for the trainer, and what describes them."""
+
+    train: Any
+    eval: Any | None
+    info: dict[str, Any]  # format, labelNames, assistantOnlyLoss, numLabels (classification)
+    from_cache: bool
+    cache: Path
 
 
 def train(cfg: JobConfig, stop: ckpt.StopFlag) -> int:
-    t_start = time.monotonic()
+    run = prepare(cfg)
+    if finished_before(run):
+        return 0
+    tokenizer = load_tokenizer(cfg)
+    data = load_data(run, tokenizer)
+    resume = resume_checkpoint(run)
+    trainer = make_trainer(run, data, tokenizer, stop)
+    result, eval_metrics = fit(trainer, stop, resume, has_eval=data.eval is not None)
+    write_output(run, trainer, tokenizer, data, result, eval_metrics)
+    return 0
+
+
+def prepare(cfg: JobConfig) -> Run:
+    """Check the config, quiet the libraries, find this rank's place and build the training arguments."""
+    started = time.monotonic()
     check_config(cfg)
     # bitsandbytes (imported by peft/trl) complains about missing optional CPU kernels at import.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -79,138 +102,51 @@ def train(cfg: JobConfig, stop: ckpt.StopFlag) -> int:
                                         bf16_ok=cuda and torch.cuda.is_bf16_supported())
     log.info("trainer: %s %s on %s, world size %d, device %s", cfg.training.method, cfg.task, cfg.model.uri,
              args.world_size, args.device)
-    finished = broadcast(_finished_output(cfg) if ranks.is_main else None)  # only rank 0 may see the output
-    if finished:
-        log.info("trainer: run %s already finished with this config: output %s. Nothing to train "
-                 "(set a new runId, or training.resume: never, to train again)", cfg.run.name, finished)
-        if ranks.is_main:
-            from .export import export
+    return Run(cfg, ranks, scratch, args, save_total_limit, peft_config, started)
 
-            export(cfg, Path(finished))  # an export that failed in the previous attempt is retried
-        return 0
-    tokenizer = load_tokenizer(cfg)
 
-    # -- data: the prepared cache when every rank has it, else load + format (+ TRL prepares) --
-    fp = fingerprint(cfg, {k: getattr(args, k, None) for k in _PREP_ARGS})
-    cpath = cache_path(cfg, fp)
-    cached = load_cached(cpath)
-    use_cache = all_true(cached is not None)
-    if use_cache:
-        train_ds, eval_ds, info = cached
-        log.info("prepared data from cache %s", cpath)
-    else:
-        with args.main_process_first(local=True, desc="load and format the dataset"):
-            splits = load_splits(cfg, tokenizer, scratch / "data", seed=args.seed)
-        train_ds, eval_ds = splits.train, splits.eval
-        info = {"format": splits.format, "labelNames": splits.label_names,
-                "assistantOnlyLoss": assistant_only_loss(tokenizer, splits.format, cfg.data.completion_only_loss)}
-        if not causal:
-            info["numLabels"] = cfg.model.num_labels or (len(splits.label_names) if splits.label_names else
-                                                         max(train_ds["labels"]) + 1)
-    fmt = info["format"]
-    log.info("data: %s format, %d training rows%s", fmt, len(train_ds),
-             f", {len(eval_ds)} eval rows" if eval_ds is not None else "")
+def _quiet_libraries() -> None:
+    import warnings
 
-    # -- resume: rank 0 picks the checkpoint; ranks that cannot see it receive it --
-    resume_path, files = None, None
-    if ranks.is_main:
-        found = ckpt.resolve_resume(cfg.training.resume, cfg.checkpoints_dir)
-        if found is not None:
-            marker = ckpt.read_marker(found)
-            resume_path, files = str(found), (marker["files"] if marker else ckpt.checkpoint_files(found))
-    resume = sync_checkpoint(ranks, resume_path, files, lambda p: _local_view(cfg, p),
-                             lambda p, f: ckpt.incomplete_reason(p, f) is None, scratch / f"node-{ranks.node_rank}")
-    if resume and ranks.is_main:
-        log.info("resuming from %s", resume)
-        ckpt.warn_missing_rank_state(resume, args.world_size)
+    import datasets
+    import transformers
 
-    # -- model and trainer --
-    num_labels = info.get("numLabels")
-    model = load_model(cfg, tokenizer, num_labels=num_labels, label_names=info.get("labelNames"),
-                       local_rank=ranks.local_rank, gradient_checkpointing=bool(args.gradient_checkpointing))
-    peft = peft_config is not None
-    callbacks = [ckpt.make_callback(stop, save_total_limit), make_progress_callback()]
-    if causal:
-        from trl import SFTTrainer
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_warning()
+    quiet_library_loggers()
+    # Deprecation notices of the ML libraries are for developers, not pod logs.
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
-        set_data_fields(args, completion_only_loss=(cfg.data.completion_only_loss if fmt == INSTRUCTION and not use_cache
-                                                    else None),
-                        assistant_only_loss=bool(info["assistantOnlyLoss"]) and fmt == CHAT and not use_cache,
-                        skip_prepare=use_cache)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tokenizer, callbacks=callbacks,
-                             peft_config=peft_config)
-        train_ds, eval_ds = trainer.train_dataset, trainer.eval_dataset
-        if args.packing and "flash" not in str(getattr(model.config, "_attn_implementation", "")):
-            trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
-    else:
-        from peft import get_peft_model
-        from transformers import DataCollatorWithPadding, Trainer
 
-        if peft:
-            model = get_peft_model(model, peft_config)
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-                          data_collator=DataCollatorWithPadding(tokenizer), callbacks=callbacks,
-                          compute_metrics=_accuracy if eval_ds is not None else None)
-    if not use_cache and ranks.is_local_main and writable_dir(cpath.parent):
-        save_cache(cpath, train_ds, eval_ds, info)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+def _check_run_dir(cfg: JobConfig) -> None:
+    for d in (cfg.checkpoints_dir, cfg.logs_dir):
+        if not writable_dir(d):
+            raise UserError(f"rank 0 cannot write to {d}", field="paths.run",
+                            hint="the Master needs the claim mounted read-write (storage.existingClaim, "
+                                 "storage.perPod.outputToClaim)")
 
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    if debug_samples_dir():
-        trainer.data_collator = RecordingCollator(trainer.data_collator, debug_samples_dir(), ranks.rank)
 
-    # -- train --
-    stop.in_training = True
-    result = trainer.train(resume_from_checkpoint=resume)
-    if stop.stopped_at is not None:
-        raise Terminated(f"stopped by SIGTERM at step {stop.stopped_at}, after saving checkpoint-{stop.stopped_at}",
-                              hint="the next attempt resumes from it")
-    eval_metrics = None
-    if eval_ds is not None:
-        done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
-        eval_metrics = {k: v for k, v in done[-1].items() if k != "step"} if done else trainer.evaluate()
+def finished_before(run: Run) -> bool:
+    """True when an earlier attempt completed this run with this config (its export is retried)."""
+    cfg = run.cfg
+    finished = broadcast(_finished_output(cfg) if run.ranks.is_main else None)  # only rank 0 may see the output
+    if not finished:
+        return False
+    log.info("trainer: run %s already finished with this config: output %s. Nothing to train "
+             "(set a new runId, or training.resume: never, to train again)", cfg.run.name, finished)
+    if run.ranks.is_main:
+        from .export import export
 
-    # -- output: every rank takes part in save_model (sharded setups gather); rank 0 writes --
-    from .output import finish_output, staging_dir
-
-    staging = staging_dir(cfg) if ranks.is_main else scratch / f"rank-{ranks.rank}" / "final"
-    if ranks.is_main:
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
-    if not ranks.is_main:
-        return 0
-    state = trainer.state
-    metrics: dict[str, Any] = {"train": result.metrics, "eval": eval_metrics, "log_history": state.log_history,
-                               "global_step": state.global_step, "world_size": args.world_size,
-                               "num_input_tokens_seen": state.num_input_tokens_seen}
-    out = finish_output(cfg, staging, trainer=trainer, tokenizer=tokenizer, kind="adapter" if peft else "model",
-                        fmt=fmt, num_labels=num_labels, metrics=metrics, label_names=info.get("labelNames"))
-    from .export import export
-
-    exported = export(cfg, out)
-    tm = result.metrics
-    summary = [f"trainer: done in {format_duration(time.monotonic() - t_start)}", f"{state.global_step} steps",
-               f"train loss {tm.get('train_loss', float('nan')):.4f}"]
-    if eval_metrics and "eval_loss" in eval_metrics:
-        summary.append(f"eval loss {eval_metrics['eval_loss']:.4f}")
-    if tm.get("train_runtime") and state.num_input_tokens_seen:
-        summary.append(f"{state.num_input_tokens_seen / tm['train_runtime']:.0f} tokens/s")
-    summary.append(f"world size {args.world_size}")
-    summary.append(f"output {out}" + (f", exported to {exported}" if exported else ""))
-    log.info(", ".join(summary))
-    return 0
+        export(cfg, Path(finished))  # an export that failed in the previous attempt is retried
+    return True
 
 
 def _finished_output(cfg: JobConfig) -> str | None:
     """The run's output folder when an earlier attempt completed it with this same config."""
     if cfg.training.resume == "never":
         return None
-    from ..core.volume import OUTPUT_MANIFEST, read_json
-
     manifest = read_json(Path(cfg.output_dir) / OUTPUT_MANIFEST)
     if not manifest or _what_is_trained(manifest.get("config") or {}) != _what_is_trained(cfg.to_dict()):
         return None
@@ -226,13 +162,96 @@ def _what_is_trained(config: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
+def load_data(run: Run, tokenizer) -> Data:
+    """The prepared cache when every rank has it, else load + format (TRL prepares causal LM data later)."""
+    cfg, args = run.cfg, run.args
+    cpath = cache_path(cfg, fingerprint(cfg, {k: getattr(args, k, None) for k in _PREP_ARGS}))
+    cached = load_cached(cpath)
+    if all_true(cached is not None):
+        log.info("prepared data from cache %s", cpath)
+        data = Data(*cached, from_cache=True, cache=cpath)
+    else:
+        with args.main_process_first(local=True, desc="load and format the dataset"):
+            splits = load_splits(cfg, tokenizer, run.scratch / "data", seed=args.seed)
+        info = {"format": splits.format, "labelNames": splits.label_names,
+                "assistantOnlyLoss": assistant_only_loss(tokenizer, splits.format, cfg.data.completion_only_loss)}
+        if not run.causal:
+            info["numLabels"] = cfg.model.num_labels or (len(splits.label_names) if splits.label_names else
+                                                         max(splits.train["labels"]) + 1)
+        data = Data(splits.train, splits.eval, info, from_cache=False, cache=cpath)
+    log.info("data: %s format, %d training rows%s", data.info["format"], len(data.train),
+             f", {len(data.eval)} eval rows" if data.eval is not None else "")
+    return data
+
+
+def resume_checkpoint(run: Run) -> str | None:
+    """Rank 0 picks the checkpoint to resume from; ranks that cannot see it receive it."""
+    cfg, ranks = run.cfg, run.ranks
+    resume_path, files = None, None
+    if ranks.is_main:
+        found = ckpt.resolve_resume(cfg.training.resume, cfg.checkpoints_dir)
+        if found is not None:
+            marker = ckpt.read_marker(found)
+            resume_path, files = str(found), (marker["files"] if marker else ckpt.checkpoint_files(found))
+    resume = sync_checkpoint(ranks, resume_path, files, lambda p: _local_view(cfg, p),
+                             lambda p, f: ckpt.incomplete_reason(p, f) is None, run.scratch / f"node-{ranks.node_rank}")
+    if resume and ranks.is_main:
+        log.info("resuming from %s", resume)
+        ckpt.warn_missing_rank_state(resume, run.args.world_size)
+    return resume
+
+
 def _local_view(cfg: JobConfig, rank0_path: str) -> str:
     """This rank's path for rank 0's checkpoint: the same pod path through this pod's mounts."""
-    from ..core.config import map_path
-
     if cfg.training.resume in ("auto", "never"):
         return os.path.join(cfg.checkpoints_dir, os.path.basename(rank0_path))
     return map_path(cfg.training.resume)
+
+
+def make_trainer(run: Run, data: Data, tokenizer, stop: ckpt.StopFlag):
+    """The model and the (SFT) trainer with our callbacks; the prepared data is cached on the way."""
+    cfg, ranks = run.cfg, run.ranks
+    model = load_model(cfg, tokenizer, num_labels=data.info.get("numLabels"), label_names=data.info.get("labelNames"),
+                       local_rank=ranks.local_rank, gradient_checkpointing=bool(run.args.gradient_checkpointing))
+    callbacks = [ckpt.make_callback(stop, run.save_total_limit), make_progress_callback()]
+    make = _causal_lm_trainer if run.causal else _classification_trainer
+    trainer = make(run, data, model, tokenizer, callbacks)
+    if not data.from_cache and ranks.is_local_main and writable_dir(data.cache.parent):
+        save_cache(data.cache, data.train, data.eval, data.info)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if debug_samples_dir():
+        trainer.data_collator = RecordingCollator(trainer.data_collator, debug_samples_dir(), ranks.rank)
+    return trainer
+
+
+def _causal_lm_trainer(run: Run, data: Data, model, tokenizer, callbacks):
+    """TRL's SFTTrainer; ``data`` takes the datasets it prepared (tokenized, packed)."""
+    from trl import SFTTrainer
+
+    cfg, fmt, fresh = run.cfg, data.info["format"], not data.from_cache
+    set_data_fields(run.args, completion_only_loss=cfg.data.completion_only_loss if fmt == INSTRUCTION and fresh else None,
+                    assistant_only_loss=bool(data.info["assistantOnlyLoss"]) and fmt == CHAT and fresh,
+                    skip_prepare=data.from_cache)
+    trainer = SFTTrainer(model=model, args=run.args, train_dataset=data.train, eval_dataset=data.eval,
+                         processing_class=tokenizer, callbacks=callbacks, peft_config=run.peft_config)
+    data.train, data.eval = trainer.train_dataset, trainer.eval_dataset
+    if run.args.packing and "flash" not in str(getattr(model.config, "_attn_implementation", "")):
+        trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
+    return trainer
+
+
+def _classification_trainer(run: Run, data: Data, model, tokenizer, callbacks):
+    from peft import get_peft_model
+    from transformers import DataCollatorWithPadding, Trainer
+
+    if run.peft_config is not None:
+        model = get_peft_model(model, run.peft_config)
+    return Trainer(model=model, args=run.args, train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
+                   data_collator=DataCollatorWithPadding(tokenizer), callbacks=callbacks,
+                   compute_metrics=_accuracy if data.eval is not None else None)
 
 
 def _accuracy(eval_pred) -> dict[str, float]:
@@ -241,3 +260,53 @@ def _accuracy(eval_pred) -> dict[str, float]:
     logits, labels = eval_pred
     logits = logits[0] if isinstance(logits, tuple) else logits
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def fit(trainer, stop: ckpt.StopFlag, resume: str | None, *, has_eval: bool):
+    """Train (stopping with exit 143 after the SIGTERM checkpoint); returns (train result, final eval metrics)."""
+    stop.in_training = True
+    result = trainer.train(resume_from_checkpoint=resume)
+    if stop.stopped_at is not None:
+        raise Terminated(f"stopped by SIGTERM at step {stop.stopped_at}, after saving checkpoint-{stop.stopped_at}",
+                              hint="the next attempt resumes from it")
+    if not has_eval:
+        return result, None
+    state = trainer.state
+    done = [h for h in state.log_history if "eval_loss" in h and h.get("step") == state.global_step]
+    return result, ({k: v for k, v in done[-1].items() if k != "step"} if done else trainer.evaluate())
+
+
+def write_output(run: Run, trainer, tokenizer, data: Data, result, eval_metrics) -> None:
+    """Every rank takes part in save_model (sharded setups gather); rank 0 writes the output and exports."""
+    from .export import export
+    from .output import finish_output, staging_dir
+
+    cfg, ranks = run.cfg, run.ranks
+    staging = staging_dir(cfg) if ranks.is_main else run.scratch / f"rank-{ranks.rank}" / "final"
+    if ranks.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    if not ranks.is_main:
+        return
+    state = trainer.state
+    metrics: dict[str, Any] = {"train": result.metrics, "eval": eval_metrics, "log_history": state.log_history,
+                               "global_step": state.global_step, "world_size": run.args.world_size,
+                               "num_input_tokens_seen": state.num_input_tokens_seen}
+    out = finish_output(cfg, staging, trainer=trainer, tokenizer=tokenizer,
+                        kind="adapter" if run.peft_config is not None else "model", fmt=data.info["format"],
+                        num_labels=data.info.get("numLabels"), metrics=metrics, label_names=data.info.get("labelNames"))
+    exported = export(cfg, out)
+    log.info(_summary(run, state, result.metrics, eval_metrics, out, exported))
+
+
+def _summary(run: Run, state, train_metrics: dict[str, Any], eval_metrics: dict[str, Any] | None, out: Path,
+             exported: str | None) -> str:
+    parts = [f"trainer: done in {format_duration(time.monotonic() - run.started)}", f"{state.global_step} steps",
+             f"train loss {train_metrics.get('train_loss', float('nan')):.4f}"]
+    if eval_metrics and "eval_loss" in eval_metrics:
+        parts.append(f"eval loss {eval_metrics['eval_loss']:.4f}")
+    if train_metrics.get("train_runtime") and state.num_input_tokens_seen:
+        parts.append(f"{state.num_input_tokens_seen / train_metrics['train_runtime']:.0f} tokens/s")
+    parts.append(f"world size {run.args.world_size}")
+    parts.append(f"output {out}" + (f", exported to {exported}" if exported else ""))
+    return ", ".join(parts)
