@@ -28,7 +28,7 @@ import sys
 import threading
 from typing import Callable
 
-log = logging.getLogger("llm_finetune")
+log = logging.getLogger(__name__)
 
 LAUNCHER_PID_ENV = "LLM_FINETUNE_LAUNCHER_PID"
 EXIT_WATCHDOG_SECONDS = 5.0

@@ -268,7 +268,7 @@ def fit(trainer, stop: ckpt.StopFlag, resume: str | None, *, has_eval: bool):
     result = trainer.train(resume_from_checkpoint=resume)
     if stop.stopped_at is not None:
         raise Terminated(f"stopped by SIGTERM at step {stop.stopped_at}, after saving checkpoint-{stop.stopped_at}",
-                              hint="the next attempt resumes from it")
+                         hint="the next attempt resumes from it")
     if not has_eval:
         return result, None
     state = trainer.state
