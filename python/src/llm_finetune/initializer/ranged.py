@@ -40,7 +40,7 @@ from ..core.retry import RetryPolicy
 from .base import PART_SUFFIX, Progress, is_file_of_size
 from .journal import Entry, Journal, Ranges, covered, merge, missing, subtract
 
-log = logging.getLogger("llm_finetune.initializer")
+log = logging.getLogger(__name__)
 
 CHUNK = 256 << 10  # read size, and what a killed process may lose per connection
 SYNC_BYTES = 64 << 20  # fdatasync + journal fsync at least this often per span
