@@ -118,12 +118,18 @@ class Journal:
             self._fh.flush()
 
     def sync(self, data_fd: int | None = None) -> None:
-        """The data file first, then the journal: a record never claims bytes a crash could lose."""
+        """The data file first, then the journal: a record never claims bytes a crash could lose.
+
+        The lock is not held while the disk works: the other threads keep recording."""
         if data_fd is not None:
             os.fdatasync(data_fd)
         with self._lock:
-            if self._fh is not None:
-                os.fsync(self._fh.fileno())
+            fd = os.dup(self._fh.fileno()) if self._fh is not None else None
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def compact(self, entries: dict[str, Entry]) -> None:
         """Replace the journal (atomically) with the records that say what ``entries`` say."""

@@ -43,7 +43,7 @@ from .journal import Entry, Journal, Ranges, covered, merge, missing, subtract
 log = logging.getLogger(__name__)
 
 CHUNK = 256 << 10  # read size, and what a killed process may lose per connection
-SYNC_BYTES = 64 << 20  # fdatasync + journal fsync at least this often per span
+SYNC_BYTES = 64 << 20  # fdatasync + journal fsync every this many bytes written into a file
 MIN_SPAN = 1 << 20
 VERIFY_ATTEMPTS = 3  # a file that does not match its checksum is fetched again twice, then it is an error
 _OPEN_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -69,6 +69,7 @@ class RemoteFile:
     have: Ranges = field(default_factory=list)  # bytes of .part written (journaled)
     digests: dict[int, bytes] = field(default_factory=dict)  # hashed part index -> digest
     spans_left: int = 0
+    unsynced: int = 0  # bytes written since the last fdatasync + journal fsync
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -218,12 +219,13 @@ class Engine:
         return self.policy.call(lambda: self.src.part_sizes(obj, n), what=f"HEAD {self.src.describe(obj)}",
                                 classify=self.src.classify)
 
-    def _set_expect(self, obj: RemoteFile, expect: Checksum | None) -> None:
+    def _set_expect(self, obj: RemoteFile, expect: Checksum | None, *, record: bool = True) -> None:
+        """``record``: also in the journal (a resume then needs no request to learn it again)."""
         obj.expect, obj.learned = expect, True
         if expect is None:
             log.warning("%s: the source publishes no checksum this initializer can check (no MD5 ETag, no "
                         "x-amz-checksum-sha256/sha1/crc32): only its size is verified", obj.key)
-        else:
+        elif record:
             self.journal.record(obj.rel, obj.size, obj.etag, expect=expect.as_json())
 
     def _reset(self, obj: RemoteFile) -> None:
@@ -294,7 +296,6 @@ class Engine:
         try:
             self.policy.call(lambda: self._stream(obj, fd, a, b, state, hasher), what=what,
                              classify=self.src.classify)
-            self.journal.sync(fd)
         finally:
             os.close(fd)
         with obj.lock:
@@ -304,10 +305,9 @@ class Engine:
         """One attempt: GET bytes ``[state["pos"], b)`` into ``fd``; a retry continues where this one broke."""
         pos = state["pos"]
         body = self.src.open(obj, pos, b, learn=not obj.learned)
-        if not obj.learned:
-            self._set_expect(obj, self.src.checksum(obj, body.headers))
+        if not obj.learned:  # one GET of the whole file: what a resume would learn again with a HEAD
+            self._set_expect(obj, self.src.checksum(obj, body.headers), record=False)
             hasher.restart()
-        synced = pos
         for chunk in self.src.chunks(body):
             if self.policy.cancelled.is_set():
                 body.close()
@@ -320,9 +320,13 @@ class Engine:
             state["pos"] = pos
             self.journal.record(obj.rel, obj.size, obj.etag, have=[a, pos])
             self.progress.add(len(chunk))
-            if pos - synced >= SYNC_BYTES:
+            with obj.lock:
+                obj.unsynced += len(chunk)
+                due = obj.unsynced >= SYNC_BYTES
+                if due:
+                    obj.unsynced = 0
+            if due:  # what the journal says is on disk, if the node crashes (every 64 MiB of a file)
                 self.journal.sync(fd)
-                synced = pos
         if pos != b:
             raise IncompleteDownload(f"got {pos - a} of {b - a} bytes")
 
@@ -396,7 +400,8 @@ class PartHasher:
         if self.h is not None:
             digest = self.h.digest()
             obj.digests[self.k] = digest
-            self.journal.record(obj.rel, obj.size, obj.etag, part=self.k, digest=digest.hex())
+            if len(self.bounds) > 1:  # (a whole-file digest is checked at once, at the end of this span)
+                self.journal.record(obj.rel, obj.size, obj.etag, part=self.k, digest=digest.hex())
         self.k = self.k + 1 if self.k + 1 < len(self.bounds) else None
         self.h = self._new() if self.k is not None else None
 
