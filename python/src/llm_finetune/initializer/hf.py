@@ -34,12 +34,11 @@ from ..core.digest import Checksum
 from ..core.errors import FinetuneError, UserError
 from ..core.hub import classify_error, hf_token, parse_hf_uri
 from ..core.layout import DEFAULT_DATA_PATTERNS, layout_of_names
-from ..core.log import format_bytes, quiet_library_loggers
+from ..core.log import quiet_library_loggers
 from ..core.retry import RetryPolicy, describe
 from ..core.volume import sha256_file, walk_files
-from .base import JOURNAL_NAME, Progress, Provider, check_model_files, ensure_parent, safe_relpath
-from .journal import Journal, covered
-from .ranged import CHUNK, Engine, IncompleteDownload, RemoteFile, triage
+from .base import Provider, check_model_files, ensure_parent, safe_relpath
+from .ranged import CHUNK, IncompleteDownload, RemoteFile, fetch_missing
 
 log = logging.getLogger(__name__)
 
@@ -136,25 +135,10 @@ class HubProvider(Provider):
         dl = self.ctx.download
         files = [RemoteFile(f.path, f.path, f.size, hub_checksum(f).value, target / f.path, expect=hub_checksum(f),
                             learned=True) for f in selected]
-        journal = Journal(target / JOURNAL_NAME)
-        todo = triage(files, journal, None)
-        left = sum(f.size - covered(f.have) for f in todo)
-        log.info("%s: %d files, %s; %d verified on the volume, fetching %d (%s) with %d parallel downloads",
-                 self.request.uri, len(files), format_bytes(sum(f.size for f in files)), len(files) - len(todo),
-                 len(todo), format_bytes(left), max(1, dl.concurrency))
-        if not todo:
-            journal.close()
-            return
-        progress = Progress(f"{self.request.kind} {self.request.uri}", left, len(todo))
         policy = RetryPolicy(dl.retries, dl.retry_backoff_seconds, f"{self.request.field}.uri",
                              cancelled=threading.Event())
-        engine = Engine(HubSource(self, sha), journal, policy, progress, concurrency=dl.concurrency,
-                        span=dl.multipart_threshold_mib << 20)
-        try:
-            engine.run(todo)
-        finally:
-            journal.close()
-        progress.finish()
+        fetch_missing(HubSource(self, sha), files, target, None, uri=self.request.uri, kind=self.request.kind,
+                      download=dl, policy=policy)
 
     def _materialize_split(self, sha: str, target: Path) -> dict[str, Any]:
         """The v1 reference's behaviour: ``load_dataset(split=...)`` then ``save_to_disk``."""

@@ -37,7 +37,7 @@ from ..core.digest import Checksum, Hasher, hash_range, mismatch, new_hash
 from ..core.errors import FinetuneError, UserError
 from ..core.log import format_bytes
 from ..core.retry import RetryPolicy
-from .base import PART_SUFFIX, Progress, is_file_of_size
+from .base import JOURNAL_NAME, PART_SUFFIX, Progress, is_file_of_size
 from .journal import Entry, Journal, Ranges, covered, merge, missing, subtract
 
 log = logging.getLogger(__name__)
@@ -404,6 +404,32 @@ class PartHasher:
                 self.journal.record(obj.rel, obj.size, obj.etag, part=self.k, digest=digest.hex())
         self.k = self.k + 1 if self.k + 1 < len(self.bounds) else None
         self.h = self._new() if self.k is not None else None
+
+
+def fetch_missing(source: "Source", files: list[RemoteFile], target: Path, previous: dict[str, Any] | None, *,
+                  uri: str, kind: str, download: Any, policy: RetryPolicy) -> int:
+    """Fetch what of ``files`` is not verified in ``target`` yet (:func:`triage`, then an :class:`Engine`).
+
+    ``download`` is the job's ``download`` section; returns the bytes transferred.
+    """
+    journal = Journal(target / JOURNAL_NAME)
+    todo = triage(files, journal, previous)
+    left = sum(f.size - covered(f.have) for f in todo)
+    log.info("%s: %d files, %s; %d verified on the volume, fetching %d (%s) with %d parallel downloads", uri,
+             len(files), format_bytes(sum(f.size for f in files)), len(files) - len(todo), len(todo),
+             format_bytes(left), max(1, download.concurrency))
+    if not todo:
+        journal.close()
+        return 0
+    progress = Progress(f"{kind} {uri}", left, len(todo))
+    engine = Engine(source, journal, policy, progress, concurrency=download.concurrency,
+                    span=download.multipart_threshold_mib << 20)
+    try:
+        engine.run(todo)
+    finally:
+        journal.close()
+    progress.finish()
+    return progress.bytes
 
 
 def triage(files: list[RemoteFile], journal: Journal, previous: dict[str, Any] | None) -> list[RemoteFile]:

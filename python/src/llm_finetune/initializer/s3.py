@@ -25,12 +25,10 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..core.layout import layout_of_names
-from ..core.log import format_bytes
 from ..core.retry import RetryPolicy
 from ..core.s3client import classify_error, make_client, parse_s3_uri
-from .base import JOURNAL_NAME, Progress, Provider, check_model_files, ensure_parent, matches, safe_relpath
-from .journal import Journal, covered
-from .ranged import Engine, RemoteFile, triage
+from .base import Provider, check_model_files, ensure_parent, matches, safe_relpath
+from .ranged import RemoteFile, fetch_missing
 from .s3fetch import S3Source
 
 log = logging.getLogger(__name__)
@@ -99,24 +97,9 @@ class S3Provider(Provider):
             parent = obj.rel.rpartition("/")[0]
             obj.path = target / obj.rel if parent in made else ensure_parent(target, obj.rel)
             made.add(parent)
-        journal = Journal(target / JOURNAL_NAME)
-        todo = triage(objects, journal, self.previous)
-        left = sum(o.size - covered(o.have) for o in todo)
-        log.info("%s: %d objects, %s; %d verified on the volume, fetching %d (%s) with %d parallel downloads",
-                 req.uri, len(objects), format_bytes(sum(o.size for o in objects)), len(objects) - len(todo),
-                 len(todo), format_bytes(left), concurrency)
-        transferred = 0
-        if todo:
-            progress = Progress(f"{req.kind} {req.uri}", left, len(todo))
-            source = S3Source(client, bucket, req.uri, req.field, self._classify)
-            engine = Engine(source, journal, policy, progress, concurrency=concurrency,
-                            span=dl.multipart_threshold_mib << 20)
-            try:
-                engine.run(todo)
-            finally:
-                journal.close()
-            progress.finish()
-            transferred = progress.bytes
+        source = S3Source(client, bucket, req.uri, req.field, self._classify)
+        transferred = fetch_missing(source, objects, target, self.previous, uri=req.uri, kind=req.kind, download=dl,
+                                    policy=policy)
         ordered = sorted(objects, key=lambda o: o.rel)
         digest = hashlib.sha256("\n".join(f"{o.rel} {o.etag}" for o in ordered).encode())
         files = [{"path": o.rel, "size": o.size, "etag": o.etag,
