@@ -176,7 +176,6 @@ ConfigMap names). training.args/lora keep theirs: there a null drops a default, 
 
 {{/* config.yaml: the one contract both images read (llm_finetune.config.load_config). No secrets. */}}
 {{- define "llm-finetune.config" -}}
-{{- include "llm-finetune.checks" . }}
 {{- $paths := dict "workspace" "/workspace" "model" "/workspace/model" "dataset" "/workspace/dataset" "cache" "/workspace/cache" "run" (include "llm-finetune.runPath" .) }}
 {{- $config := dict
   "apiVersion" "llm-finetune/v1"
@@ -256,7 +255,10 @@ The expression is llm_finetune.validate.credentials.CREDENTIAL_RE (a test compar
 {{- end }}
 {{- end }}
 
-{{/* Checks of the values no schema can express; every template runs them (through llm-finetune.config). */}}
+{{/*
+Checks of the values no schema can express. configmap.yaml runs them, once per render: Helm renders
+every template before it writes any (--show-only too), so its fail refuses the whole render.
+*/}}
 {{- define "llm-finetune.checks" -}}
 {{- $found := include "llm-finetune.credentialPaths" (dict "v" .Values "path" "") | trim }}
 {{- if $found }}

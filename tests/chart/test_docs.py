@@ -48,7 +48,7 @@ def test_only_the_doc_comments_of_values_yaml_are_generated():
     rendered = chart_docs.render_values(VALUES_TEXT, SCHEMA)
     assert yaml.safe_load(rendered) == VALUES
     assert _without_docs(rendered) == _without_docs(VALUES_TEXT)  # values, order, headers, other comments
-    assert "# Storage\n" in rendered and "warmup_steps: 0.03  # transformers 5" in rendered
+    assert "# Storage\n" in rendered and "  # Unset keys of training.args and training.lora" in rendered
 
 
 def _doc_blocks(text: str) -> dict[str, list[str]]:
@@ -88,7 +88,7 @@ def test_regeneration_fixes_edited_missing_and_extra_comments():
     want = chart_docs.render_values(VALUES_TEXT, SCHEMA)
     edited = (want.replace("# -- Size of the created claim", "# -- Size")
               .replace("  # -- Registry that overrides every image's registry (air-gapped mirrors).\n", "")
-              .replace("    r: 16\n", "    # -- rank\n    # of the adapter\n    r: 16\n"))
+              .replace("      cpu: 500m\n", "      # -- cpu\n      # of the test pod\n      cpu: 500m\n"))
     assert edited.count("\n") == want.count("\n") + 1
     assert chart_docs.render_values(edited, SCHEMA) == want
     assert chart_docs.render_values(want, SCHEMA) == want  # idempotent

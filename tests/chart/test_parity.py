@@ -93,8 +93,7 @@ def _case_llm_lora():
                                                              HuggingFaceTrainerParams)
 
     values = yaml.safe_load((EXAMPLES / "v1-llm-lora.yaml").read_text())
-    # bf16 makes TrainingArguments refuse to construct on this CPU-only machine unless use_cpu is set.
-    args = {**values["training"]["args"], "use_cpu": True}
+    args = values["training"]["args"]
     sdk = dict(
         name="llm-lora", namespace="default", num_workers=1, num_procs_per_worker=1,
         resources_per_worker={"gpu": 1, "cpu": 4, "memory": "16Gi"},

@@ -92,6 +92,17 @@ def test_sound_values_have_no_errors(overlay):
     assert not problems(overlay, "error"), [p.render() for p in problems(overlay, "error")]
 
 
+def test_v1_defaults_say_that_evaluation_data_goes_unused():
+    found = problems({"training": {"defaults": "v1"}, "data": {"evalRatio": 0.1}})
+    assert [p.render() for p in found if p.rule == "defaults"] == [
+        "training.args.eval_strategy: with training.defaults v1 it is 'no' (as in the v1 reference): the evaluation "
+        "data of data.evalSplit/evalRatio is never used — set it to steps or epoch, or drop the evaluation data"]
+    assert not [p for p in found if p.severity != "notice"]
+    for fine in ({"training": {"defaults": "v1", "args": {"eval_strategy": "steps"}}, "data": {"evalRatio": 0.1}},
+                 {"training": {"defaults": "v1"}}, {"data": {"evalRatio": 0.1}}):
+        assert not [p for p in problems(fine) if p.rule == "defaults"], fine
+
+
 @pytest.mark.parametrize("text, value", [
     ("500m", "0.5"), ("2", "2"), ("1.5", "1.5"), ("8Gi", str(8 * 2**30)), ("1e3", "1000"), ("2G", "2000000000"),
     ("+1Ki", "1024"), (".5", "0.5"), ("5.", "5"), (4, "4"), (0.25, "0.25"),

@@ -135,6 +135,7 @@ class QLoraConfig:
 @dataclass
 class TrainingConfig:
     method: str = "lora"
+    defaults: str = "recommended"  # what unset args/lora keys take: core.defaults
     lora: dict[str, Any] = field(default_factory=dict)
     qlora: QLoraConfig = field(default_factory=QLoraConfig)
     args: dict[str, Any] = field(default_factory=dict)

@@ -1,30 +1,30 @@
-"""TrainingArguments (TRL ``SFTConfig`` for causal LM) from ``training.args`` over our defaults.
+"""TrainingArguments (TRL ``SFTConfig`` for causal LM) from ``training.args`` and ``training.defaults``.
 
-``training.args`` keys are TrainingArguments/SFTConfig fields, passed verbatim (``null``
-drops a default: the library's own applies). The trainer decides:
+``training.args`` keys are TrainingArguments/SFTConfig fields, passed verbatim. The keys the user
+leaves unset take :mod:`llm_finetune.core.defaults`: the chart's recommended defaults (a ``null``
+drops one: the library's own applies), or with ``training.defaults: v1`` exactly what the v1
+reference trainer uses — TrainingArguments' own defaults, also where TRL's SFTConfig has others
+(:func:`v1_gap`). In both modes the trainer decides:
 
 * paths: ``output_dir`` (rank 0: ``<paths.run>/checkpoints``; other ranks: node-local
   scratch) and the TensorBoard folder (``<paths.run>/logs``) — setting ``output_dir`` or
   ``logging_dir`` is an error;
-* pod logs: ``disable_tqdm`` is always true (our progress lines replace the bars);
 * CPU: ``use_cpu`` when no CUDA device is visible (else each torchrun rank trains alone);
 * data fields of SFTConfig come from the ``data`` section (``max_length`` = maxSeqLength,
   ``packing``, completion/assistant-only loss, ``dataset_text_field``);
 * ``save_total_limit`` is applied by our checkpoint rotation (after the completeness marker).
-
-Defaults (overridable): ``report_to: [tensorboard]``, ``logging_first_step``,
-``include_num_input_tokens_seen: non_padding`` (tokens/s), ``ddp_find_unused_parameters:
-false``, ``bf16`` on GPUs that support it, activation (gradient) checkpointing for causal LM on GPU only, and with
-evaluation data ``eval_strategy``/``eval_steps`` following the save settings.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..core.config import JobConfig
+from ..core.defaults import V1_MODE, Node, args_defaults
 from ..core.errors import ConfigError
 from ..core.problems import raise_first_error
+
 
 def user_args(cfg: JobConfig, cls: type) -> dict[str, Any]:
     """``training.args`` checked against ``cls``'s fields and types, as the validator checks them (None values dropped)."""
@@ -35,6 +35,21 @@ def user_args(cfg: JobConfig, cls: type) -> dict[str, Any]:
     return values
 
 
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def v1_gap(cls: type) -> dict[str, Any]:
+    """TrainingArguments' defaults of the fields where ``cls`` (SFTConfig) has other ones: what a v1 run uses."""
+    from transformers import TrainingArguments
+
+    base = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+    return {f.name: _field_default(base[f.name]) for f in dataclasses.fields(cls)
+            if f.init and f.name in base and _field_default(f) != _field_default(base[f.name])}
+
+
 def build_args(cfg: JobConfig, *, output_dir: str, causal_lm: bool, has_eval: bool, cuda: bool, bf16_ok: bool):
     """The TrainingArguments/SFTConfig object (this also sets up torch.distributed under torchrun)."""
     if causal_lm:
@@ -43,26 +58,13 @@ def build_args(cfg: JobConfig, *, output_dir: str, causal_lm: bool, has_eval: bo
         from transformers import TrainingArguments as cls
 
     values = user_args(cfg, cls)
-    defaults: dict[str, Any] = {
-        "report_to": ["tensorboard"],
-        "logging_first_step": True,
-        "include_num_input_tokens_seen": "non_padding",
-        "ddp_find_unused_parameters": False,
-        "bf16": bool(cuda and bf16_ok and not values.get("fp16")),  # fp16 and bf16 exclude each other
-    }
-    if "gradient_checkpointing" not in values and "activation_checkpointing" not in values:
-        # TRL turns it on for SFT (memory for speed); on CPU (tests, demos) speed matters more.
-        defaults["activation_checkpointing"] = bool(cuda and causal_lm)
-    if not cuda:
-        defaults["dataloader_pin_memory"] = False
-    if has_eval and "eval_strategy" not in values:
-        defaults["eval_strategy"] = values.get("save_strategy", "steps")
-        if "save_steps" in values:
-            defaults["eval_steps"] = values["save_steps"]
-    dropped = {k for k, v in cfg.training.args.items() if v is None}
-    merged = {**{k: v for k, v in defaults.items() if k not in dropped}, **values}
+    if cfg.training.defaults == V1_MODE:
+        unset = {k: v for k, v in v1_gap(cls).items() if k not in values}
+    else:
+        unset = args_defaults(cfg.training.defaults, cfg.training.args, Node(cuda, bf16_ok, causal_lm, has_eval))
+    merged = {**unset, **values}
     save_total_limit = merged.pop("save_total_limit", None)
-    merged.update(output_dir=output_dir, disable_tqdm=True, save_total_limit=None)
+    merged.update(output_dir=output_dir, save_total_limit=None)
     if not cuda:
         merged["use_cpu"] = True
     if causal_lm:

@@ -2,8 +2,9 @@
 
 * The model is read from ``cfg.model_dir`` (local files only); ``trust_remote_code`` only
   from ``model.trustRemoteCode``.
-* ``training.method``: ``lora`` / ``dora`` (a peft ``LoraConfig`` from ``training.lora``,
-  every LoraConfig field passable, ``use_dora`` set by the method), ``qlora`` (4/8-bit
+* ``training.method``: ``lora`` / ``dora`` (a peft ``LoraConfig`` from ``training.lora`` over
+  ``training.defaults``, every LoraConfig field passable, ``use_dora`` set by the method,
+  ``task_type`` by the task), ``qlora`` (4/8-bit
   bitsandbytes base + LoRA; CUDA only), ``full`` (every weight trained).
 * The pad token is set when the tokenizer has none (EOS, else UNK, else a new ``<pad>``).
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..core.config import SEQUENCE_CLASSIFICATION, JobConfig
 from ..core.contract import RESERVED_LORA, qlora_gpu_problems
+from ..core.defaults import lora_defaults
 from ..core.errors import ConfigError, UserError
 from ..core.problems import raise_first_error
 from ..core.retry import describe
@@ -74,13 +76,14 @@ def load_tokenizer(cfg: JobConfig):
 
 
 def lora_config(cfg: JobConfig, task_type: str):
-    """A peft LoraConfig from ``training.lora`` (null values drop chart defaults)."""
+    """A peft LoraConfig from ``training.lora`` over ``training.defaults`` (core.defaults; a null drops a default)."""
     from peft import LoraConfig
 
     from ..validate.introspect import lora_problems
 
     values = {k: v for k, v in cfg.training.lora.items() if v is not None}
     raise_first_error(lora_problems(values))
+    values = {**lora_defaults(cfg.training.defaults, cfg.training.lora), **values}
     values["task_type"] = task_type
     values["use_dora"] = cfg.training.method == "dora"
     try:

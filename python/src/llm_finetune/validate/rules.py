@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from ..core.config import CAUSAL_LM
 from ..core.contract import merge_problems, qlora_gpu_problems, task_problems
+from ..core.defaults import V1_MODE
 from ..core.problems import ERROR, NOTICE, WARNING, Problem
 from .credentials import rule_credentials
 from .envvars import rule_env
@@ -365,9 +366,19 @@ def rule_method_and_task(v: dict[str, Any]) -> Iterator[Problem]:
         yield Problem("model.trustRemoteCode", "runs Python code from the model repo in the trainer", "enable it only for repos you trust", WARNING, "security")
 
 
+def rule_defaults(v: dict[str, Any]) -> Iterator[Problem]:
+    """training.defaults v1 evaluates nothing unless asked (the recommended defaults evaluate at each checkpoint)."""
+    args = get(v, "training.args", {})
+    held_out = get(v, "data.evalSplit", "") or get(v, "data.evalRatio", 0)
+    if get(v, "training.defaults", None) == V1_MODE and held_out and isinstance(args, dict) and args.get("eval_strategy") is None:
+        yield Problem("training.args.eval_strategy", "with training.defaults v1 it is 'no' (as in the v1 reference): "
+                      "the evaluation data of data.evalSplit/evalRatio is never used",
+                      "set it to steps or epoch, or drop the evaluation data", NOTICE, "defaults")
+
+
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Problem]], ...] = (
     rule_names, rule_storage_sharing, rule_backend, rule_quantities, rule_gpu_procs, rule_uris, rule_secrets,
-    rule_method_and_task, rule_credentials, rule_env, rule_prompt_template,
+    rule_method_and_task, rule_credentials, rule_env, rule_prompt_template, rule_defaults,
 )
 
 
