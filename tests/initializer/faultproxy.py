@@ -8,11 +8,12 @@ body and then resets (a broken stream). ``delay`` sleeps before forwarding (to s
 download down so that a test can kill it midway). ``rewrite(body) -> body`` edits response
 bodies (e.g. to list keys that SeaweedFS refuses to store but AWS S3 accepts, like
 ``../x``). ``corrupt`` flips one byte in the middle of the bodies of GETs whose request line
-contains that string (``corrupt_times`` times, or always): data damaged on the way. ``rate``
+contains that string (``corrupt_times`` times, or always): data damaged on the way. ``refuse``
+answers ``503 SlowDown`` to every request whose request line contains that string. ``rate``
 limits the bandwidth to the clients (bytes/s, all connections together), like a network
 slower than the client, so that ``sent`` (response bytes handed to the clients' sockets) is
 what the clients received and not bytes parked in loopback socket buffers.
-``requests`` and ``faults`` count.
+``requests`` and ``faults`` count; ``lines`` lists the request lines (``PUT /bucket/key?... HTTP/1.1``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _reset(sock: socket.socket) -> None:
 class FaultProxy:
     def __init__(self, upstream: str, *, reset: float = 0.0, error503: float = 0.0, cut: float = 0.0,
                  delay: float = 0.0, seed: int = 0, rewrite=None, rate: float = 0.0, corrupt: str | None = None,
-                 corrupt_times: int | None = None) -> None:
+                 corrupt_times: int | None = None, refuse: str | None = None) -> None:
         u = urlsplit(upstream)
         self.upstream = (u.hostname, u.port)
         self.reset, self.error503, self.cut, self.delay = reset, error503, cut, delay
@@ -56,10 +57,12 @@ class FaultProxy:
         self.rate = rate  # bytes/s over all connections (0: unlimited): a network slower than the client
         self.corrupt = corrupt  # GET bodies of paths containing this get one byte flipped on the way
         self.corrupt_times = corrupt_times  # that many times (None: always)
+        self.refuse = refuse  # requests whose request line contains this get 503 SlowDown, always
         self.sent = 0  # response bytes written to clients (headers included)
         self._next_send = time.monotonic()
         self.rng = random.Random(seed)
         self.requests: Counter[str] = Counter()  # method -> count
+        self.lines: list[str] = []
         self.faults: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._sock = socket.create_server(("127.0.0.1", 0))
@@ -128,13 +131,14 @@ class FaultProxy:
         method = lines[0].split(b" ")[0].decode()
         with self._lock:
             self.requests[method] += 1
+            self.lines.append(lines[0].decode("latin-1"))
             roll = self.rng.random()
         if self.delay:
             time.sleep(self.delay)
         if roll < self.reset:
             self.faults["reset"] += 1
             return _reset(conn)
-        if roll < self.reset + self.error503:
+        if roll < self.reset + self.error503 or (self.refuse is not None and self.refuse in lines[0].decode("latin-1")):
             self.faults["503"] += 1
             conn.sendall(_slow_down())
             return

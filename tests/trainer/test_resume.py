@@ -1,4 +1,4 @@
-"""Auto-resume after a hard kill, skipping damaged and half-written checkpoints (real runs)."""
+"""Auto-resume after a hard kill: damaged and half-written checkpoints skipped, half-written outputs removed."""
 
 from __future__ import annotations
 
@@ -42,8 +42,15 @@ def test_killed_run_resumes_from_the_last_complete_checkpoint(tmp_path, tiny_mod
     shutil.copytree(previous, partial)
     (partial / MARKER).unlink()
 
+    # What a kill while the output was being written, or replaced, leaves next to it.
+    stale = [run_dir(config) / ".output-tmp-4242", run_dir(config) / ".output-old-4243"]
+    for d in stale:
+        d.mkdir()
+        (d / "adapter_model.safetensors").write_bytes(b"half")
+
     again = run_trainer(config, env)
     assert again.returncode == 0, again.output
+    assert not [d for d in stale if d.exists()]
     assert re.search(rf"skipping checkpoint {partial}: no completeness marker", again.output)
     assert re.search(rf"skipping checkpoint {latest}: adapter_model.safetensors has 100 bytes", again.output)
     assert f"resuming from {previous}" in again.output

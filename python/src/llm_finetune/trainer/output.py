@@ -47,6 +47,17 @@ def staging_dir(cfg: JobConfig) -> Path:
     return out.parent / f".{out.name}-tmp-{os.getpid()}"
 
 
+def fresh_staging_dir(cfg: JobConfig) -> Path:
+    """An empty staging folder (rank 0); what killed attempts left next to the output goes first:
+    their staging folders (``.output-tmp-PID``) and outputs set aside while replaced (``.output-old-PID``)."""
+    out = Path(cfg.output_dir)
+    for left in out.parent.glob(f".{out.name}-*-*"):
+        if left.is_dir() and not left.is_symlink():
+            log.info("removing %s, left by an earlier attempt", left)
+            shutil.rmtree(left, ignore_errors=True)
+    return staging_dir(cfg)
+
+
 def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,12 +278,10 @@ def fit(trainer, stop: ckpt.StopFlag, resume: str | None, *, has_eval: bool):
 def write_output(run: Run, trainer, tokenizer, data: Data, result, eval_metrics) -> None:
     """Every rank takes part in save_model (sharded setups gather); rank 0 writes the output and exports."""
     from .export import export
-    from .output import finish_output, staging_dir
+    from .output import finish_output, fresh_staging_dir
 
     cfg, ranks = run.cfg, run.ranks
-    staging = staging_dir(cfg) if ranks.is_main else run.scratch / f"rank-{ranks.rank}" / "final"
-    if ranks.is_main:
-        shutil.rmtree(staging, ignore_errors=True)
+    staging = fresh_staging_dir(cfg) if ranks.is_main else run.scratch / f"rank-{ranks.rank}" / "final"
     trainer.save_model(str(staging))
     if not ranks.is_main:
         return
