@@ -82,3 +82,40 @@ def task_problems(transformer_type: str | None, *, packing: bool | None = None,
     if data_format in CAUSAL_LM_FORMATS:
         yield Problem("data.format", f"format {data_format!r} is a causal LM format, not available for sequence "
                       "classification", "use text or auto (data.textColumn + data.labelColumn)", ERROR, "task")
+
+
+# FSDP2 (transformers' default fsdp_config.version) takes these legacy `fsdp` string options.
+FSDP2_OPTIONS = ("full_shard", "shard_grad_op", "offload", "auto_wrap")
+
+
+def fsdp_problems(args: dict | None, method: str | None) -> Iterator[Problem]:
+    """training.args.fsdp / fsdp_config combinations that cannot work in this trainer."""
+    args = args if isinstance(args, dict) else {}
+    fsdp = args.get("fsdp")
+    if not fsdp:
+        return
+    raw = args.get("fsdp_config")
+    conf = {(k[5:] if k.startswith("fsdp_") else k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
+    where = "training.args.fsdp_config"
+    if method == "qlora":
+        yield Problem("training.method", "qlora loads 4-bit weights onto each process's own GPU (device_map), which FSDP "
+                      "cannot shard", "use method lora or full with FSDP, or qlora without training.args.fsdp", ERROR, "fsdp")
+    if str(conf.get("state_dict_type", "FULL_STATE_DICT")).upper() != "FULL_STATE_DICT":
+        yield Problem(f"{where}.state_dict_type", f"{conf['state_dict_type']!r}: with sharded state dicts every rank "
+                      "writes its part of each checkpoint, but only rank 0 writes the run volume here, and the final "
+                      "output would hold no weights", "use FULL_STATE_DICT (the default)", ERROR, "fsdp")
+    if conf.get("activation_checkpointing") is True and (args.get("activation_checkpointing") is True
+                                                         or args.get("gradient_checkpointing") is True):
+        yield Problem(f"{where}.activation_checkpointing", "FSDP's activation checkpointing and the "
+                      "activation_checkpointing/gradient_checkpointing argument cannot both be on (transformers refuses)",
+                      "keep fsdp_config.activation_checkpointing (no extra all-gather) and drop the argument", ERROR, "fsdp")
+    if args.get("deepspeed"):
+        yield Problem("training.args.deepspeed", "FSDP and DeepSpeed both shard the model: use one",
+                      "remove training.args.deepspeed or training.args.fsdp", ERROR, "fsdp")
+    options = fsdp.split() if isinstance(fsdp, str) else (fsdp if isinstance(fsdp, list) else [])
+    if str(conf.get("version", 2)) == "2":
+        for option in options:
+            if option not in FSDP2_OPTIONS:
+                yield Problem("training.args.fsdp", f"{option!r} is not an FSDP2 option (FSDP1, deprecated, only)",
+                              "write fsdp: true and set fsdp_config (reshard_after_forward: true is full_shard)",
+                              ERROR, "fsdp")

@@ -103,7 +103,7 @@ RECOMMENDED: tuple[Default, ...] = (
             shown="`True` on a GPU with bf16, unless `fp16`"),
     Default("activation_checkpointing", "memory for speed, as TRL's SFTConfig (also set by its deprecated alias "
             "`gradient_checkpointing`); on CPU (tests, demos) speed matters more", rule=_checkpointing,
-            shown="`True` on a GPU, causal LM"),
+            shown="`True` on a GPU, causal LM (with `fsdp`: `fsdp_config.activation_checkpointing`)"),
     Default("eval_strategy", "evaluate at every checkpoint when `data.evalSplit`/`evalRatio` is set", rule=_eval,
             shown="`save_strategy` (and `eval_steps` = `save_steps`) with evaluation data"),
     Default("lora.r", "more capacity at little cost", 16),

@@ -12,7 +12,9 @@ reference trainer uses — TrainingArguments' own defaults, also where TRL's SFT
 * CPU: ``use_cpu`` when no CUDA device is visible (else each torchrun rank trains alone);
 * data fields of SFTConfig come from the ``data`` section (``max_length`` = maxSeqLength,
   ``packing``, completion/assistant-only loss, ``dataset_text_field``);
-* ``save_total_limit`` is applied by our checkpoint rotation (after the completeness marker).
+* ``save_total_limit`` is applied by our checkpoint rotation (after the completeness marker);
+* with ``fsdp``, the defaults' activation checkpointing becomes FSDP's own
+  (``fsdp_config.activation_checkpointing``, :func:`fsdp_checkpointing`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,17 @@ def v1_gap(cls: type) -> dict[str, Any]:
             if f.init and f.name in base and _field_default(f) != _field_default(base[f.name])}
 
 
+def fsdp_checkpointing(merged: dict[str, Any], unset: dict[str, Any]) -> dict[str, Any]:
+    """Under FSDP, activation checkpointing that only the defaults turned on moves into ``fsdp_config``: the
+    training argument would all-gather each layer's weights once more in the backward pass, and transformers
+    refuses both (its ``fsdp_config`` docs; the validator refuses both set by the user: core.contract)."""
+    conf = merged.get("fsdp_config")
+    if merged.get("fsdp") and unset.get("activation_checkpointing") and (conf is None or isinstance(conf, dict)):
+        merged = {**merged, "activation_checkpointing": False,
+                  "fsdp_config": {"activation_checkpointing": True, **(conf or {})}}
+    return merged
+
+
 def build_args(cfg: JobConfig, *, output_dir: str, causal_lm: bool, has_eval: bool, cuda: bool, bf16_ok: bool):
     """The TrainingArguments/SFTConfig object (this also sets up torch.distributed under torchrun)."""
     if causal_lm:
@@ -62,7 +75,7 @@ def build_args(cfg: JobConfig, *, output_dir: str, causal_lm: bool, has_eval: bo
         unset = {k: v for k, v in v1_gap(cls).items() if k not in values}
     else:
         unset = args_defaults(cfg.training.defaults, cfg.training.args, Node(cuda, bf16_ok, causal_lm, has_eval))
-    merged = {**unset, **values}
+    merged = fsdp_checkpointing({**unset, **values}, unset)
     save_total_limit = merged.pop("save_total_limit", None)
     merged.update(output_dir=output_dir, save_total_limit=None)
     if not cuda:

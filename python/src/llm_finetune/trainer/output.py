@@ -96,14 +96,23 @@ def build_manifest(cfg: JobConfig, folder: Path, *, kind: str, fmt: str, num_lab
 
 
 def finish_output(cfg: JobConfig, staging: Path, *, trainer, tokenizer, kind: str, fmt: str, num_labels: int | None,
-                  metrics: dict[str, Any], label_names: list[str] | None = None) -> Path:
-    """Complete the staging folder (the model is already saved in it) and move it into place."""
+                  metrics: dict[str, Any], label_names: list[str] | None = None, sharded: bool = False) -> Path:
+    """Complete the staging folder (the model is already saved in it) and move it into place.
+
+    ``sharded`` (FSDP): the trained weights are shards on every rank, so the adapter is merged
+    from its saved files into a freshly loaded base model instead of in memory.
+    """
     merged = False
     if cfg.output.merge_adapter:
         log.info("merging the adapter into the base model")
-        model = trainer.model.merge_and_unload()
-        model.save_pretrained(str(staging / "merged"), safe_serialization=True)
-        tokenizer.save_pretrained(str(staging / "merged"))
+        if sharded:
+            from .fsdp import merge_saved_adapter
+
+            merge_saved_adapter(cfg, staging, staging / "merged", tokenizer, num_labels=num_labels, label_names=label_names)
+        else:
+            model = trainer.model.merge_and_unload()
+            model.save_pretrained(str(staging / "merged"), safe_serialization=True)
+            tokenizer.save_pretrained(str(staging / "merged"))
         merged = True
     if os.path.isdir(cfg.logs_dir):
         shutil.copytree(cfg.logs_dir, staging / "logs", dirs_exist_ok=True)

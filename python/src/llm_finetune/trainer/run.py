@@ -21,6 +21,7 @@ from ..core.errors import Terminated, UserError
 from ..core.log import format_duration, quiet_library_loggers
 from ..core.volume import OUTPUT_MANIFEST, read_json
 from . import checkpoints as ckpt
+from . import fsdp
 from .args import build_args, set_data_fields
 from .data.cache import cache_path, fingerprint, load_cached, save_cache
 from .data.collator import PackedRowsCollator
@@ -213,8 +214,11 @@ def make_trainer(run: Run, data: Data, tokenizer, stop: ckpt.StopFlag):
     model = load_model(cfg, tokenizer, num_labels=data.info.get("numLabels"), label_names=data.info.get("labelNames"),
                        local_rank=ranks.local_rank, gradient_checkpointing=bool(run.args.gradient_checkpointing))
     callbacks = [ckpt.make_callback(stop, run.save_total_limit), make_progress_callback()]
+    if fsdp.enabled(run.args):
+        callbacks.append(fsdp.make_callback())
     make = _causal_lm_trainer if run.causal else _classification_trainer
-    trainer = make(run, data, model, tokenizer, callbacks)
+    with fsdp.cpu_fsdp(fsdp.enabled(run.args) and run.args.use_cpu):
+        trainer = make(run, data, model, tokenizer, callbacks)
     if not data.from_cache and ranks.is_local_main and writable_dir(data.cache.parent):
         save_cache(data.cache, data.train, data.eval, data.info)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -291,7 +295,8 @@ def write_output(run: Run, trainer, tokenizer, data: Data, result, eval_metrics)
                                "num_input_tokens_seen": state.num_input_tokens_seen}
     out = finish_output(cfg, staging, trainer=trainer, tokenizer=tokenizer,
                         kind="adapter" if run.peft_config is not None else "model", fmt=data.info["format"],
-                        num_labels=data.info.get("numLabels"), metrics=metrics, label_names=data.info.get("labelNames"))
+                        num_labels=data.info.get("numLabels"), metrics=metrics, label_names=data.info.get("labelNames"),
+                        sharded=fsdp.enabled(run.args))
     exported = export(cfg, out)
     log.info(_summary(run, state, result.metrics, eval_metrics, out, exported))
 

@@ -37,6 +37,11 @@ CLASSES = {  # class name -> (import path, the distributions its fields come fro
     "LoraConfig": ("peft:LoraConfig", ("peft",)),
 }
 DATA_FILE = "passthrough_fields.json"
+# Fields that take more than their annotation says. transformers 5 annotates ``fsdp`` as ``str | None``
+# (for its argparse CLI) but documents ``fsdp=True`` with ``fsdp_config`` and deprecates the string
+# form (transformers v5.24.0 src/transformers/training_args.py, ``_process_fsdp_args``).
+WIDER = {"fsdp": {"anyOf": ["bool", "str", "null"]}}
+WIDER_IN = ("SFTConfig", "TrainingArguments")
 INTROSPECT_ENV = "LLM_FINETUNE_INTROSPECT"  # "live": always introspect the installed classes (make bench's baseline)
 
 
@@ -129,7 +134,8 @@ def live_fields(name: str) -> dict[str, Any]:
         hints = typing.get_type_hints(cls)
     except Exception:  # noqa: BLE001 - unresolved forward refs: fall back to raw annotations
         hints = {}
-    return {f.name: descriptor(hints.get(f.name, f.type)) for f in dataclasses.fields(cls) if f.init}
+    found = {f.name: descriptor(hints.get(f.name, f.type)) for f in dataclasses.fields(cls) if f.init}
+    return {k: WIDER.get(k, d) if name in WIDER_IN else d for k, d in found.items()}
 
 
 def installed_version(dist: str) -> str | None:

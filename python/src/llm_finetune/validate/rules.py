@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterator
 
 from ..core.config import CAUSAL_LM
-from ..core.contract import merge_problems, qlora_gpu_problems, task_problems
+from ..core.contract import fsdp_problems, merge_problems, qlora_gpu_problems, task_problems
 from ..core.defaults import V1_MODE
 from ..core.problems import ERROR, NOTICE, WARNING, Problem
 from .credentials import rule_credentials
@@ -362,6 +362,7 @@ def rule_method_and_task(v: dict[str, Any]) -> Iterator[Problem]:
     yield from task_problems(get(v, "model.transformerType", CAUSAL_LM), packing=get(v, "data.packing") is True,
                              data_format=get(v, "data.format", "auto"))
     yield from merge_problems(method, get(v, "output.mergeAdapter") is True)
+    yield from fsdp_problems(get(v, "training.args", None), method)
     if get(v, "model.trustRemoteCode") is True:
         yield Problem("model.trustRemoteCode", "runs Python code from the model repo in the trainer", "enable it only for repos you trust", WARNING, "security")
 
