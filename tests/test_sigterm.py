@@ -129,3 +129,51 @@ def test_sigterm_stops_launch_while_it_waits_for_the_other_pods(tmp_path, demo_d
     assert (tmp_path / "termination-log").read_text() == message
     assert [line for line in err.splitlines() if "SIGTERM" in line][-1].endswith(message), err
     assert "Traceback" not in err
+
+
+SWALLOWING = """
+import sys, time, weakref
+from pathlib import Path
+from llm_finetune.core.errors import guarded
+from llm_finetune.core.log import setup_logging
+
+class Connection:
+    pass
+
+def close():  # a finalizer that takes a while (urllib3 closing a pool): SIGTERM lands in it
+    time.sleep(0.3)
+
+@guarded("demo", terminated="what was done is kept")
+def main():
+    Path(sys.argv[1]).touch()
+    while True:
+        if sys.argv[2] == "finalizer":
+            c = Connection()
+            weakref.finalize(c, close)
+            del c  # the finalizer runs here; what it raises, Python prints as "Exception ignored" and goes on
+        else:  # a library that takes every exception, BaseException included
+            try:
+                time.sleep(0.3)
+            except BaseException:
+                pass
+
+setup_logging()
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("where", ["finalizer", "except"])
+def test_sigterm_swallowed_where_it_lands_still_stops_the_command(where, tmp_path):
+    """The signal handler's exception raised inside a weakref finalizer (seen: the initializer kept downloading
+    after SIGTERM, urllib3 closing a pool) or taken by a library's ``except BaseException``: the command stops
+    all the same, with its one line, its message and 143."""
+    ready = tmp_path / "ready"
+    env = {"LLM_FINETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-c", SWALLOWING, str(ready), where], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    code, err = _stop_when(proc, ready.exists)
+    assert code == 143, err
+    message = "demo: stopped by SIGTERM — what was done is kept"
+    assert (tmp_path / "termination-log").read_text() == message
+    assert [line for line in err.splitlines() if "SIGTERM" in line][0].endswith(message), err
+    assert "Traceback" not in err and "Exception ignored" not in err

@@ -121,6 +121,15 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _wait_for_output(proc: subprocess.Popen, log: Path, text: str, what: str, timeout: float = 300) -> None:
+    """Wait until run-local's output (written to ``log``) shows ``text``."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, f"{what} in time"
+        time.sleep(0.1)
+
+
 def test_ctrl_c_stops_every_local_process(tmp_path, helm4):
     values = {"training": {"args": {"max_steps": 5000, "save_steps": 1000, "logging_steps": 1}}, "data": {"maxSeqLength": 64}}
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(values))
@@ -128,11 +137,7 @@ def test_ctrl_c_stops_every_local_process(tmp_path, helm4):
     proc = subprocess.Popen([LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "override.yaml"),
                              "--workdir", str(tmp_path / "work")], env=_env(tmp_path, helm4), stdout=log,
                             stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while "step 2/5000" not in (tmp_path / "out.log").read_text():
-        assert proc.poll() is None, (tmp_path / "out.log").read_text()[-4000:]
-        assert time.monotonic() < deadline, "training did not start in time"
-        time.sleep(0.2)
+    _wait_for_output(proc, tmp_path / "out.log", "step 2/5000", "training did not start")
     children = _descendants(proc.pid)
     assert len(children) >= 4  # SeaweedFS, 2 launchers, their workers
     proc.send_signal(signal.SIGINT)
@@ -164,11 +169,7 @@ def test_sigkill_of_run_local_stops_every_process_and_the_workdir_is_locked_till
                "--workdir", str(tmp_path / "work")]
     log = open(tmp_path / "out.log", "w")
     proc = subprocess.Popen(command, env=_env(tmp_path, helm4), stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    while "step 2/5000" not in (tmp_path / "out.log").read_text():
-        assert proc.poll() is None, (tmp_path / "out.log").read_text()[-4000:]
-        assert time.monotonic() < deadline, "training did not start in time"
-        time.sleep(0.2)
+    _wait_for_output(proc, tmp_path / "out.log", "step 2/5000", "training did not start")
 
     second_env = {**_env(tmp_path, helm4), "LLM_FINETUNE_TERMINATION_LOG": str(tmp_path / "second.termination-log")}
     second = subprocess.run(command, env=second_env, capture_output=True, text=True, timeout=120)
@@ -189,3 +190,22 @@ def test_sigkill_of_run_local_stops_every_process_and_the_workdir_is_locked_till
     from llm_finetune.local.lock import lock_workdir
 
     os.close(lock_workdir(tmp_path / "work"))  # free again once the last of them has ended
+
+
+def test_sigterm_stops_run_local_with_143_and_every_process(tmp_path, helm4):
+    """SIGTERM (e.g. ``timeout``, a CI runner cancelling) as soon as the first pod runs: every process it started
+    stops, one line, run-local's termination message and exit 143, as for the commands of the pods."""
+    log = open(tmp_path / "out.log", "w")
+    proc = subprocess.Popen([LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "--workdir", str(tmp_path / "work")],
+                            env=_env(tmp_path, helm4), stdout=log, stderr=subprocess.STDOUT)
+    _wait_for_output(proc, tmp_path / "out.log", "[master-0/storage-initializer]", "no pod started")
+    children = _descendants(proc.pid)
+    assert len(children) >= 2  # SeaweedFS and the Master's initializer at least
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 143, (tmp_path / "out.log").read_text()[-4000:]
+    message = (tmp_path / "run-local.termination-log").read_text()
+    assert message.startswith("run-local: stopped by SIGTERM"), message
+    out = (tmp_path / "out.log").read_text()
+    assert len([ln for ln in out.splitlines() if ln.endswith(message)]) == 1, out[-3000:]  # one line, run-local's own
+    assert "Traceback" not in out
+    assert _alive(children) == [], f"left running: {_alive(children)}"

@@ -198,3 +198,15 @@ def test_a_tokenizer_without_pad_token_pads_with_eos(tmp_path, tiny_model_dir):
     cfg.model.uri = str(tmp_path)
     assert AutoTokenizer.from_pretrained(str(tmp_path)).pad_token is None
     assert load_tokenizer(cfg).pad_token == "<|end|>"
+
+
+def test_a_resume_says_which_ranks_it_cannot_restore(tmp_path, caplog):
+    d = _checkpoint(tmp_path, 5)
+    (d / "rng_state_0.pth").write_bytes(b"r")
+    ck.warn_missing_rank_state(d, 2)
+    assert f"checkpoint {d} has no RNG state of rank(s) 1: they resume with fresh random generators" in caplog.text
+    caplog.clear()
+    (d / "rng_state_1.pth").write_bytes(b"r")
+    ck.warn_missing_rank_state(d, 2)
+    ck.warn_missing_rank_state(d, 3)
+    assert "no RNG state of rank(s) 2:" in caplog.text and caplog.text.count("no RNG state") == 1

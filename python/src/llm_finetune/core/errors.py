@@ -28,8 +28,13 @@ Every failure writes one line to the termination log (``/dev/termination-log`` i
 SIGTERM: :func:`guarded` makes it raise :class:`Terminated` in the main thread (once: a
 second SIGTERM during the clean-up is ignored), which unwinds like Ctrl-C does.
 ``Terminated`` is a ``BaseException``: no ``except Exception`` (ours or a library's) can
-take it for a transient error and retry. A command that must do something first (the
-trainer: a checkpoint) installs its own handler.
+take it for a transient error and retry. Where it is swallowed all the same — the signal
+landed in a weakref finalizer or a ``__del__`` (Python prints "Exception ignored" and goes
+on: seen with urllib3 closing a connection pool), or in a library's ``except
+BaseException`` — the command still stops the same way (the line, the message, 143): at
+once from ``sys.unraisablehook``, else when it has not reached :func:`guarded` within
+:data:`SWALLOWED_STOP_SECONDS`. A command that must do something first (the trainer: a
+checkpoint) installs its own handler.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import functools
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Any, Callable
 
@@ -53,6 +59,7 @@ TERMINATION_LOG_ENV = "LLM_FINETUNE_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # Kubernetes keeps at most 4096 bytes of a termination message.
 _TERMINATION_MESSAGE_LIMIT = 4096
+SWALLOWED_STOP_SECONDS = 5.0  # SIGTERM -> guarded at the latest, else the process stops without it
 
 log = logging.getLogger(__name__)
 
@@ -131,18 +138,49 @@ def write_termination_message(message: str) -> None:
         pass
 
 
-def raise_terminated(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
-    """SIGTERM handler: raise :class:`Terminated` once; later SIGTERMs are ignored (the clean-up runs)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated()
+class _Stop:
+    """:func:`guarded`'s SIGTERM handler: raise :class:`Terminated` once, and stop the process
+    as ``guarded`` would should that exception be swallowed (see the module doc)."""
 
+    def __init__(self, step: str, hint: str | None) -> None:
+        self.step, self.hint = step, hint
+        self.backstop: threading.Timer | None = None
 
-def _on_sigterm(handler: Any) -> Callable[[], None]:
-    """Install ``handler`` for SIGTERM (main thread only); returns what puts the previous one back."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    def __call__(self, signum: int, frame: Any) -> None:  # noqa: ARG002 - signal handler signature
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # later SIGTERMs are ignored (the clean-up runs)
+        self.backstop = threading.Timer(SWALLOWED_STOP_SECONDS, self.exit_now)
+        self.backstop.daemon = True
+        self.backstop.start()
+        raise Terminated()
+
+    def caught(self) -> None:
+        if self.backstop is not None:
+            self.backstop.cancel()
+
+    def exit_now(self) -> None:
+        from .proc import exit_now
+
+        _failed(self.step, Terminated(hint=self.hint).render(), EXIT_TERMINATED, level=logging.WARNING)
+        exit_now(EXIT_TERMINATED)
+
+    def install(self) -> Callable[[], None]:
+        """Install the handler and the unraisable hook (main thread only); returns what puts the previous back."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous, previous_hook = signal.signal(signal.SIGTERM, self), sys.unraisablehook
+
+        def hook(unraisable: Any) -> None:
+            if isinstance(unraisable.exc_value, Terminated):
+                self.exit_now()  # raised where Python could only print it and go on
+            previous_hook(unraisable)
+
+        sys.unraisablehook = hook
+
+        def restore() -> None:
+            signal.signal(signal.SIGTERM, previous)
+            sys.unraisablehook = previous_hook
+
+        return restore
 
 
 def guarded(step: str, *, terminated: str | None = None) -> Callable[[Callable[..., int]], Callable[..., int]]:
@@ -155,12 +193,14 @@ def guarded(step: str, *, terminated: str | None = None) -> Callable[[Callable[.
     def decorate(fn: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs) -> int:
-            restore = _on_sigterm(raise_terminated)
+            stop = _Stop(step, terminated)
+            restore = stop.install()
             try:
                 return fn(*args, **kwargs) or EXIT_OK
             except FinetuneError as exc:
                 return _failed(step, exc.render(), exc.exit_code)
             except Terminated as exc:
+                stop.caught()
                 if terminated and not exc.hint:
                     exc.hint = terminated
                 return _failed(step, exc.render(), EXIT_TERMINATED, level=logging.WARNING)

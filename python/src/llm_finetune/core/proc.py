@@ -94,17 +94,22 @@ def exit_on_sigterm(on_term: Callable[[], int]) -> Callable[[], bool]:
     return active
 
 
+def exit_now(code: int) -> None:
+    """Flush stdout and stderr, then end the process with ``code`` at once (threads blocked in I/O included)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def arm_exit_watchdog(code: int, seconds: float = EXIT_WATCHDOG_SECONDS) -> None:
     """End the process with ``code`` in ``seconds`` unless it has exited by then."""
 
     def expire() -> None:
         log.warning("threads still running %.0fs after the stop: exiting %d now", seconds, code)
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
+        exit_now(code)
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
