@@ -132,7 +132,10 @@ def test_perpod_sigterm_checkpoints_then_both_nodes_resume(tmp_path, tiny_model,
     assert message.startswith("trainer: stopped by SIGTERM at step "), message
     stopped = int(message.split("at step ")[1].split(",")[0])
     assert 5 <= stopped < 120
-    assert read_marker(checkpoints / f"checkpoint-{stopped}") is not None
+    marker = read_marker(checkpoints / f"checkpoint-{stopped}")
+    assert marker is not None
+    # What rank 0 will send; read now: the restart's own checkpoints rotate this one away (save_total_limit 2).
+    sent = {f["path"]: f["size"] for f in marker["files"]}
     assert not (claim / "runs" / "pp" / "output").exists()
 
     # Attempt 2: both pods restart; node 1 cannot see the claim and gets the checkpoint from rank 0.
@@ -145,7 +148,6 @@ def test_perpod_sigterm_checkpoints_then_both_nodes_resume(tmp_path, tiny_model,
     assert f"resuming at step {stopped}" in log0
     assert f"received checkpoint checkpoint-{stopped} from rank 0" in log1
     received = tmp_path / "node1" / "node-tmp" / "llm-finetune" / "pp" / "node-1" / "resume" / f"checkpoint-{stopped}"
-    sent = {f["path"]: f["size"] for f in read_marker(checkpoints / f"checkpoint-{stopped}")["files"]}
     assert {p.name: p.stat().st_size for p in received.iterdir()} == sent
     m = json.loads((claim / "runs" / "pp" / "output" / "manifest.json").read_text())
     assert (m["globalStep"], m["worldSize"]) == (120, 2)
