@@ -50,6 +50,7 @@ CORPUS = [
     ("secretKeyRef without key", {"job": {"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s"}}}]}}, "job.env[0].valueFrom.secretKeyRef.key", "is required", "key"),
     ("value and valueFrom", {"job": {"env": [{"name": "X", "value": "a", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}}, "job.env[0].value", "not allowed here", "value"),
     ("env name the chart sets", {"job": {"env": [{"name": "HOME", "value": "/home/me"}]}}, "job.env[0].name", "HOME is already set by the chart", "job.env[0].name: HOME is already set"),
+    ("initializer env name the chart sets", {"initializer": {"env": [{"name": "HF_HOME", "value": "/x"}]}}, "initializer.env[0].name", "HF_HOME is already set by the chart", "initializer.env[0].name: HF_HOME is already set"),
     ("env name twice", {"initializer": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}}, "initializer.env[1].name", "also set by initializer.env[0]", "initializer.env[1].name"),
     ("env name the operator sets", {"job": {"env": [{"name": "MASTER_ADDR", "value": "x"}]}}, "job.env[0].name", "Training Operator", None),
     ("fullnameOverride digit", {"fullnameOverride": "1ft"}, "fullnameOverride", "DNS-1035 label", "fullnameOverride"),
