@@ -2,6 +2,7 @@
 #   make run     fine-tune the tiny demo model locally through the chart's own commands
 #   make test    the whole test suite (real Helm 3 + 4, SeaweedFS, torchrun, training)
 #   make bench   benchmarks (not part of make test)
+#   make images  build both images here (docker, or buildah without a Docker daemon)
 
 SHELL      := /bin/bash
 PYTHON     ?= python3
@@ -62,10 +63,12 @@ lint: $(HELM3) $(HELM4)
 chart-docs: venv
 	$(BIN)/python tests/tools/chart_docs.py --write
 
+# Both images from images/*/Dockerfile: docker where a daemon runs, otherwise buildah on a local
+# stand-in base (installs buildah/podman/runc/debootstrap from apt when missing); skipped when the
+# inputs hash is unchanged. IMAGES_ARGS: e.g. --force, --image trainer, --torch cpu (see images/build.py).
+IMAGES_ARGS ?=
 images:
-	@command -v docker >/dev/null || { echo "make images: no docker here; CI builds images (.github/workflows/release.yaml)"; exit 1; }
-	docker build -f images/initializer/Dockerfile -t llm-finetune/initializer:dev .
-	docker build -f images/trainer/Dockerfile -t llm-finetune/trainer:dev .
+	$(PYTHON) images/build.py $(IMAGES_ARGS)
 
 constraints: venv
 	@{ sed -n '1,4p' python/constraints.txt; $(BIN)/pip freeze --exclude-editable | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > python/constraints.txt.new

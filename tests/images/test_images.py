@@ -1,7 +1,7 @@
 """The Dockerfiles (no Docker here: parsed, linted, and checked against the chart and the package)."""
 
-import fnmatch
 import functools
+import importlib.util
 import json
 import re
 import shlex
@@ -41,19 +41,17 @@ def instructions(image: str, name: str, final_stage_only: bool = False) -> list[
     return out
 
 
+def _build_tool():
+    spec = importlib.util.spec_from_file_location("images_build", REPO / "images" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def dockerignore_allows(path: str) -> bool:
-    """Docker's .dockerignore: patterns in order, the last match wins, '!' re-includes."""
-    included = True
-    for line in (REPO / ".dockerignore").read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        negate, pattern = line.startswith("!"), line.lstrip("!").rstrip("/")
-        rx = fnmatch.translate(pattern).replace(".*", "[^/]*").replace("[^/]*[^/]*", ".*")
-        parts = path.split("/")
-        if any(re.match(rx, "/".join(parts[:i])) for i in range(1, len(parts) + 1)) or re.match(rx, path):
-            included = negate
-    return included
+    """Docker's .dockerignore semantics, as images/build.py hashes the build context."""
+    tool = _build_tool()
+    return not tool.dockerignore_excludes(path, tool.dockerignore_patterns(REPO))
 
 
 @pytest.mark.parametrize("image", IMAGES)

@@ -1,0 +1,150 @@
+"""Real images for the container tests (every test using the ``images`` fixture: marked ``containers``).
+
+The image build (images/build.py: ~5 min cold, seconds when the inputs hash is unchanged)
+starts in the background as soon as the session's tests are collected, so that it overlaps
+the rest of the suite; the container tests are moved to the end of the run and wait for it.
+It installs buildah/podman when missing; where that is impossible the container tests are
+skipped with the builder's reason (exit code 3 of images/build.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "images" / "build.py"
+BUILD_TIMEOUT_S = 45 * 60
+_KEY = pytest.StashKey["ImageBuild"]()
+
+
+class ImageBuild:
+    """images/build.py running in the background (its own process group), at a lower priority."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="llm-finetune-images-"))
+        self.result_file = self.dir / "result.json"
+        self.log = self.dir / "build.log"
+        cmd = [sys.executable, str(BUILD), "--torch", "cpu", "--result", str(self.result_file)]
+        if shutil.which("nice"):
+            cmd = ["nice", "-n", "10", *cmd]
+        with open(self.log, "wb") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        self.started = time.monotonic()
+        self._result: dict | None = None
+
+    def wait(self) -> dict:
+        if self._result is None:
+            try:
+                code = self.proc.wait(timeout=max(1.0, BUILD_TIMEOUT_S - (time.monotonic() - self.started)))
+            except subprocess.TimeoutExpired:
+                self.stop()
+                pytest.fail(f"images/build.py did not finish in {BUILD_TIMEOUT_S}s; log: {self.log_tail()}")
+            result = json.loads(self.result_file.read_text()) if self.result_file.exists() else {}
+            result.update(exit_code=code, wall_s=round(time.monotonic() - self.started, 1))
+            self._result = result
+        return self._result
+
+    def log_tail(self, n: int = 60) -> str:
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        return "\n".join(lines[-n:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(60)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "containers: runs the real images (built by images/build.py); runs last")
+
+
+def pytest_itemcollected(item):
+    """Every test that uses the built images is a container test (so `-m "not containers"` skips them)."""
+    if "images" in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.containers)
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
+def pytest_collection_modifyitems(session, config, items):
+    containers = [item for item in items if item.get_closest_marker("containers")]
+    if not containers:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("containers")] + containers
+    if not config.option.collectonly and _KEY not in config.stash:
+        config.stash[_KEY] = ImageBuild()
+
+
+def pytest_unconfigure(config):
+    build = config.stash.get(_KEY, None)
+    if build is not None:
+        build.stop()
+
+
+@pytest.fixture(scope="session")
+def images(request) -> dict:
+    """The build result: {"builder", "images": {name: {"ref", "alias", "hash", "built", "seconds", "size"}}}."""
+    build = request.config.stash.get(_KEY, None)
+    if build is None:
+        build = request.config.stash[_KEY] = ImageBuild()
+    result = build.wait()
+    if result["exit_code"] == 3:
+        pytest.skip(f"images cannot be built here: {result.get('unavailable') or build.log_tail(5)}")
+    if result["exit_code"] != 0 or not result.get("ok"):
+        pytest.fail(f"images/build.py failed ({result['exit_code']}):\n{build.log_tail()}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def engine(images) -> list[str]:
+    """The container CLI that sees the built images: podman (buildah's storage) or docker."""
+    if images["builder"] == "docker":
+        return ["docker"]
+    return ["podman", "--runtime", "runc"]  # crun: "cgroups in hybrid mode not supported" here
+
+
+def ulimit_args() -> list[str]:
+    """Limits a container can get here. podman 4.3 (rootful) asks for nofile/nproc 1048576 by
+    default, which fails without CAP_SYS_RESOURCE where the hard limits are lower (runc: "error
+    setting rlimit"); newer podman clamps them itself. nofile: this process's hard limit; nproc
+    counts the user's processes system-wide (not the container's) and conmon gets at most 32768."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    nofile = 1048576 if nofile == resource.RLIM_INFINITY else min(nofile, 1048576)
+    nproc = 32768 if nproc == resource.RLIM_INFINITY else min(nproc, 32768)
+    return [f"--ulimit=nofile={nofile}:{nofile}", f"--ulimit=nproc={nproc}:{nproc}"]
+
+
+# --read-only-tmpfs=false: podman would otherwise mount tmpfs on /run, /tmp and /var/tmp; Kubernetes'
+# readOnlyRootFilesystem leaves only the pod's volumes writable (here the /tmp emptyDir).
+RESTRICTED = ["--user", "1000:1000", "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777",
+              "--cap-drop=ALL", "--security-opt=no-new-privileges", "--network", "none"]
+
+
+@pytest.fixture(scope="session")
+def run_restricted(engine):
+    """Run a command in an image as the chart runs its containers (PSS restricted)."""
+
+    def _run(image: str, *cmd: str, mounts: tuple[str, ...] = (), timeout: int = 180) -> subprocess.CompletedProcess:
+        argv = [*engine, "run", "--rm", *ulimit_args(), *RESTRICTED]
+        for m in mounts:
+            argv += ["-v", m]
+        return subprocess.run([*argv, image, *cmd], capture_output=True, text=True, timeout=timeout)
+
+    return _run
