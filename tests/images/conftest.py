@@ -76,9 +76,11 @@ def pytest_configure(config):
 
 
 def pytest_itemcollected(item):
-    """Every test that uses the built images is a container test (so `-m "not containers"` skips them)."""
+    """Every test that uses the built images is a container test (so `-m "not containers"` skips them);
+    the first one may wait for a cold build, longer than pytest-timeout's default per test."""
     if "images" in getattr(item, "fixturenames", ()):
         item.add_marker(pytest.mark.containers)
+        item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_S + 900))
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection

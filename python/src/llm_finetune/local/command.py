@@ -1,13 +1,15 @@
 """``llm-finetune run-local``: render the chart with the real ``helm template`` and run it here.
 
-    llm-finetune run-local -f values.yaml [-f more.yaml] [--set a.b=c] [--workdir DIR]
+    llm-finetune run-local -f values.yaml [-f more.yaml] [--set a.b=c] [--workdir DIR] [--runtime container]
 
 1. the values are validated (schema + semantic rules); problems stop the run before
    anything starts (exit 1);
 2. ``helm template`` renders the chart; the ConfigMap and the job (PyTorchJob, or TrainJob and
    its TrainingRuntime with ``backend: trainjob``) are read back;
-3. every pod of the job runs as local processes (``plan.py``, ``runner.py``) with
-   ``/workspace``, ``/output``, ``/tmp`` and the config mount mapped to ``--workdir``;
+3. every pod of the job runs as local processes (``plan.py``, ``runner.py``, ``executor.py``) with
+   ``/workspace``, ``/output``, ``/tmp`` and the config mount mapped to ``--workdir``, or with
+   ``--runtime container`` as real containers from the rendered images (``containers.py``), the
+   same plan applied as the kubelet would (users, read-only root, capabilities, volumes, limits);
 4. a summary says where the output, the loss curve and the before/after samples are.
 
 ``--demo`` (what ``make run`` uses) builds the deterministic tiny model and dataset,
@@ -44,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true",
                         help="Serve the built-in tiny model and dataset from a local S3 server (make run).")
     parser.add_argument("--no-report", action="store_true", help="Skip the loss curve and before/after samples.")
+    parser.add_argument("--runtime", choices=("process", "container"), default="process",
+                        help="process (default): each container's command as a local process; container: each "
+                             "container as a real container from its image (podman; see 'make images').")
 
 
 def _validate(values_files: list[str], set_values: list[str], chart: Path) -> None:
@@ -91,10 +96,11 @@ def run(args: argparse.Namespace) -> int:
         # A free port instead of the operator's 23456, so that local runs side by side do not clash.
         plan = build_plan(manifests, workdir, local_env=local_env, master_port=free_port())
         if args.dry_run:
-            print(json.dumps(plan_as_dict(plan), indent=2, sort_keys=True))
+            print(json.dumps(plan_as_dict(plan, args.runtime), indent=2, sort_keys=True))
             return 0
-        log.info("run-local: job %s, %d pod(s), workdir %s", plan.job_name, len(plan.pods), workdir)
-        Runner(plan, keep_fds=(lock,) if lock is not None else ()).run()
+        log.info("run-local: job %s, %d pod(s), workdir %s, runtime %s", plan.job_name, len(plan.pods), workdir,
+                 args.runtime)
+        Runner(plan, keep_fds=(lock,) if lock is not None else (), executor=_executor(args.runtime)).run()
     finally:
         if server is not None:
             server.stop()
@@ -104,9 +110,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def plan_as_dict(plan) -> dict:
+def _executor(runtime: str):
+    if runtime == "container":
+        from .containers import ContainerExecutor
+
+        return ContainerExecutor()
+    from .executor import ProcessExecutor
+
+    return ProcessExecutor()
+
+
+def plan_as_dict(plan, runtime: str = "process") -> dict:
     """The plan without secret values (they come from the environment and are never printed)."""
     from ..core.log import SECRET_ENV_VARS
+
+    if runtime == "container":  # what each container is started with (secrets only by name)
+        from .containers import run_args
+
+        hosts = [p.name for p in plan.pods]
+        return {"job": plan.job_name, "config": plan.config_file, "pods": [{
+            "name": p.name, "replicaType": p.replica_type, "index": p.index, "containers": [{
+                "container": s.container, "init": s.init,
+                "run": run_args(["podman"], s, name=f"{s.pod}-{s.container}", run_key="dry-run", hosts=hosts),
+            } for s in p.processes]} for p in plan.pods]}
 
     return {
         "job": plan.job_name,

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..core.config import PATH_MAP_ENV
 from ..core.errors import TERMINATION_LOG_ENV, UserError
+from .podspec import ContainerSpec, container_spec
 
 # Local environment variables a pod-like process may inherit (besides what the pod declares).
 PASS_THROUGH_ENV = ("LANG", "LC_ALL", "HF_ENDPOINT", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
@@ -52,6 +53,7 @@ class ProcessSpec:
     rendered_argv: list[str]  # the manifest's command + args, before path mapping
     termination_log: str
     mounts: list[tuple[str, str]] = field(default_factory=list)  # (mount path, local folder), longest path first
+    container_spec: ContainerSpec | None = None  # the same container as the pod spec has it (--runtime container)
 
 
 @dataclass
@@ -135,7 +137,7 @@ def operator_env(job: dict[str, Any], replica_type: str, index: int, master_port
     nproc_int = int(nproc) if nproc.isdigit() else 1
     rank = index + 1 if replica_type == "Worker" else index
     total = _total_replicas(job)
-    env = {"PYTHONUNBUFFERED": "0"}
+    env = {"PYTHONUNBUFFERED": "1"}  # envvar.go: "Set PYTHONUNBUFFERED to true"
     if "Master" in job["spec"]["pytorchReplicaSpecs"]:
         env.update({
             "MASTER_PORT": str(master_port), "MASTER_ADDR": "127.0.0.1",
@@ -299,4 +301,10 @@ def _process(container: dict[str, Any], is_init: bool, pod: Pod, folders: dict[s
     term = workdir / "pods" / pod.name / f"termination-log.{container['name']}"
     env[TERMINATION_LOG_ENV] = str(term)
     env[PATH_MAP_ENV] = ",".join(f"{src}={dst}" for src, dst in mounts)
-    return ProcessSpec(pod.name, container["name"], is_init, argv, env, rendered, str(term), mounts)
+    # The pod's view (no path mapping; the operator's env is in the pod spec already) for a container runtime.
+    pod_env = {k: local_env[k] for k in PASS_THROUGH_ENV if k in local_env}
+    pod_env.update(_container_env(container, pod=pod, namespace=namespace, mounts=[], local_env=local_env,
+                                  missing_secrets=[]))
+    as_container = container_spec(pod.name, pod.spec, container, folders={k: str(v) for k, v in folders.items()},
+                                  env=pod_env, init=is_init)
+    return ProcessSpec(pod.name, container["name"], is_init, argv, env, rendered, str(term), mounts, as_container)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import EXIT_INTERRUPTED, FinetuneError, Terminated
-from ..core.proc import parent_death_signal
+from .executor import Executor, ProcessExecutor
 from .plan import JobPlan, PodPlan, ProcessSpec
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,13 @@ class _Outcome:
 
 
 class Runner:
-    def __init__(self, plan: JobPlan, *, stream=None, keep_fds: tuple[int, ...] = ()):
+    def __init__(self, plan: JobPlan, *, stream=None, keep_fds: tuple[int, ...] = (), executor: Executor | None = None):
         self.plan = plan
         self.keep_fds = keep_fds  # handed to every process (the workdir lock: local/lock.py)
         self.stream = stream or sys.stdout
+        self.executor = executor or ProcessExecutor()
         self.lock = threading.Lock()
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[tuple[ProcessSpec, subprocess.Popen]] = []
         self.failure: _Outcome | None = None
         self.stopping = threading.Event()
         self.logs = Path(plan.workdir) / "logs"
@@ -65,32 +66,24 @@ class Runner:
                 os.unlink(spec.termination_log)
             except FileNotFoundError:
                 pass
-            # Its own session (stop_all signals a pod's process group), and SIGTERM when run-local dies, however it
-            # dies: the kernel sends it when the thread that started it ends, and _run_pod waits for it first.
-            proc = subprocess.Popen(spec.argv, env=spec.env, cwd=self.plan.workdir, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    preexec_fn=parent_death_signal(), pass_fds=self.keep_fds)
-            self.procs.append(proc)
+            # The executor starts it in its own session, with SIGTERM when run-local dies, however it dies: the
+            # kernel sends it when the thread that started it ends, and _run_pod waits for it first.
+            proc = self.executor.start(spec, self.plan.workdir, self.keep_fds)
+            self.procs.append((spec, proc))
             return proc
 
     def stop_all(self, sig: int = signal.SIGTERM, grace: float = 20.0) -> None:
         self.stopping.set()
         with self.lock:
-            procs = [p for p in self.procs if p.poll() is None]
-        for p in procs:
-            try:
-                os.killpg(p.pid, sig)
-            except ProcessLookupError:
-                pass
+            procs = [(s, p) for s, p in self.procs if p.poll() is None]
+        for s, p in procs:
+            self.executor.signal(s, p, sig)
         deadline = time.monotonic() + grace
-        for p in procs:
+        for s, p in procs:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                self.executor.signal(s, p, signal.SIGKILL)
                 p.wait()
 
     def _pump(self, pod: PodPlan, spec: ProcessSpec, proc: subprocess.Popen) -> None:
@@ -133,6 +126,7 @@ class Runner:
         in_main = threading.current_thread() is threading.main_thread()
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
         try:
+            self.executor.prepare(self.plan)
             for stage in sorted({p.stage for p in self.plan.pods}):  # a later stage waits for the earlier ones (dependsOn)
                 if self.failure or self.stopping.is_set():
                     break
@@ -147,6 +141,7 @@ class Runner:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.stop_all(grace=5.0)
+            self.executor.finish(self.plan)
         if stopped_by == [signal.SIGINT]:
             raise KeyboardInterrupt
         if stopped_by:
