@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -45,25 +46,27 @@ def image_sets(images: dict) -> list[str]:
 def run_local(tmp_path: Path, helm: str, workdir: str, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
     (tmp_path / "short.yaml").write_text(yaml.safe_dump(SHORT))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_TOKEN", "LLM_FINETUNE_"))}
-    env.update({"HELM_BIN": helm, "CUDA_VISIBLE_DEVICES": "",
+    env.update({"HELM_BIN": helm, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
                 "LLM_FINETUNE_TERMINATION_LOG": str(tmp_path / f"{workdir}.termination-log")})
     started = time.monotonic()
     proc = subprocess.run([LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "short.yaml"),
                            "--workdir", str(tmp_path / workdir), *extra], env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=1800)
     return proc, time.monotonic() - started
 
 
 def summary(proc: subprocess.CompletedProcess, workdir: Path) -> list[str]:
     """The closing report, paths relative to the workdir and the eval losses cut to 2 decimals."""
-    text = proc.stdout + proc.stderr
-    block = text[text.index("run-local finished"):].splitlines()
-    return [re.sub(r"(\d+\.\d\d)\d+", r"\1", line.replace(str(workdir), "WORKDIR")) for line in block if line.strip()]
+    block = proc.stdout[proc.stdout.index("run-local finished"):].splitlines()
+    block = block[:next((i for i, line in enumerate(block) if i and not line.startswith("  ")), len(block))]
+    return [re.sub(r"(\d+\.\d\d)\d+", r"\1", line.replace(str(workdir), "WORKDIR")) for line in block]
 
 
 def test_container_demo_ends_as_the_process_demo(images, tmp_path, helm4):
     ctr, ctr_s = run_local(tmp_path, helm4, "container", "--runtime", "container", *image_sets(images))
     assert ctr.returncode == 0, (ctr.stdout + ctr.stderr)[-8000:]
+    # the same deterministic demo assets (built once per workdir): the second run does not build them again
+    shutil.copytree(tmp_path / "container" / "demo-assets", tmp_path / "process" / "demo-assets")
     proc, proc_s = run_local(tmp_path, helm4, "process")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-8000:]
     print(f"\ndemo wall time: containers {ctr_s:.0f}s, processes {proc_s:.0f}s")
