@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from initializer.helpers import run_cli, tree_digest, write_config
+from llm_finetune.core.errors import UserError
 from llm_finetune.core.layout import dataset_load_spec, load_dataset_dict
 from llm_finetune.core.volume import read_manifest
 
@@ -44,6 +45,17 @@ def hub(hf_hub, tiny_model_dir, tmp_path_factory):
     datasets.Dataset.from_list(rows[100:]).to_parquet(str(ds_dir / "data" / "test-00000-of-00001.parquet"))
     (ds_dir / "README.md").write_text("# a dataset\n")
     hf_hub.add_dataset_repo("org/ds", ds_dir)
+
+    # configs declared in README.md's YAML header, as on the Hub (dataset.name picks one)
+    cfg_dir = tmp_path_factory.mktemp("hub-configs")
+    for name, n in (("short", 5), ("long", 40)):
+        (cfg_dir / name).mkdir()
+        (cfg_dir / name / "train.jsonl").write_text(
+            "".join(json.dumps({"text": f"{name} {i}"}) + "\n" for i in range(n)))
+    (cfg_dir / "README.md").write_text(
+        "---\nconfigs:\n- config_name: short\n  data_files: short/*.jsonl\n"
+        "- config_name: long\n  data_files: long/*.jsonl\n---\n# two configs\n")
+    hf_hub.add_dataset_repo("org/configs", cfg_dir, files={"notes/unrelated.bin": b"not data"})
     return hf_hub
 
 
@@ -88,8 +100,9 @@ def test_model_revision_dataset_files_rerun_and_offline(tmp_path, hub, tiny_mode
     assert len(hub.requests) == seen
 
 
-def test_dataset_split_materialized_and_local_model_in_place(tmp_path, hub, tiny_model_dir):
-    """The v1 reference's behaviour: load_dataset(split=...) then save_to_disk; a local model is used as is."""
+def test_dataset_split_selected_from_the_verified_files_and_local_model_in_place(tmp_path, hub, tiny_model_dir):
+    """The v1 reference's load_dataset(repo, split=...): the initializer fetches and verifies the data files
+    (no `datasets` in its image) and records the split; loading the volume's dataset selects it."""
     before = tree_digest(tiny_model_dir)
     config = write_config(tmp_path, model={"uri": f"file://{tiny_model_dir}"},
                           dataset={"uri": "hf://org/ds", "split": "train[:50]"})
@@ -97,15 +110,33 @@ def test_dataset_split_materialized_and_local_model_in_place(tmp_path, hub, tiny
     assert proc.returncode == 0, proc.stderr
     dataset_dir = tmp_path / "ws" / "dataset"
     manifest = read_manifest(dataset_dir)
-    assert manifest["layout"] == "save_to_disk" and manifest["splits"] == {"train": ["."]}
-    assert manifest["materializedSplit"] == "train[:50]"
-    assert all(len(f["sha256"]) == 64 for f in manifest["files"])
-    data = load_dataset_dict(dataset_dir)
+    assert manifest["layout"] == "snapshot" and manifest["select"] == {"split": "train[:50]", "name": ""}
+    assert sorted(f["path"] for f in manifest["files"]) == [
+        "README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet"]
+    assert all(f["checksum"]["value"] for f in manifest["files"])  # verified like any Hub file
+    data = load_dataset_dict(dataset_dir, cache_dir=str(tmp_path / "cache"))
     assert list(data) == ["train"] and data["train"].num_rows == 50
     assert data["train"][0] == {"prompt": "say 0", "completion": "0"}
     assert tree_digest(tiny_model_dir) == before and read_manifest(tiny_model_dir) is None
     assert not (tmp_path / "ws" / "model").exists()
-    assert not (tmp_path / "ws" / ".llm-finetune-tmp").exists()  # datasets' cache went with the staging dir
+
+
+def test_dataset_config_name_and_split_come_from_the_repos_readme(tmp_path, hub, tiny_model_dir):
+    config = write_config(tmp_path, model={"uri": f"file://{tiny_model_dir}"},
+                          dataset={"uri": "hf://org/configs", "name": "long", "split": "train[10:13]"})
+    proc = run_cli(config, hf_env(hub))
+    assert proc.returncode == 0, proc.stderr
+    dataset_dir = tmp_path / "ws" / "dataset"
+    assert not (dataset_dir / "notes").exists()  # data files and README.md only
+    data = load_dataset_dict(dataset_dir, cache_dir=str(tmp_path / "cache"))
+    assert [r["text"] for r in data["train"]] == ["long 10", "long 11", "long 12"]
+    # a split the dataset does not have: the trainer's load names the field to fix
+    manifest = read_manifest(dataset_dir)
+    manifest["select"]["split"] = "validation"
+    (dataset_dir / ".llm-finetune-manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError) as err:
+        load_dataset_dict(dataset_dir, cache_dir=str(tmp_path / "cache"))
+    assert err.value.field == "dataset.split" and "validation" in str(err.value)
 
 
 def test_hub_errors_5xx_are_retried(tmp_path, hub, demo_dataset_dir):

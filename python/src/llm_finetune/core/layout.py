@@ -16,6 +16,10 @@ Layouts:
   evaluation) in a folder or file name, and otherwise everything is ``train``.
   Load: ``datasets.load_dataset(builder, data_files={split: [files]})`` where the builder
   is ``json`` for json and jsonl, else the file type.
+* ``snapshot`` — a Hub dataset repo's data files and README.md at one commit, with the split
+  (and config) the user asked for (``dataset.split``/``dataset.name``) recorded as ``select``.
+  Load: ``datasets.load_dataset(path, name, split=split)`` — the v1 reference's
+  ``load_dataset(repo, name, split=...)`` on the verified local copy; one Dataset = ``train``.
 
 This module imports nothing heavy (no boto3, huggingface_hub or datasets at import time).
 """
@@ -132,6 +136,11 @@ def layout_of_names(names: list[str], *, file_type: str = "", where: str) -> dic
     return infer_files_layout(names, file_type=file_type, where=where)
 
 
+def snapshot_layout(files_layout: dict[str, Any], *, split: str, name: str = "") -> dict[str, Any]:
+    """Manifest fields of a Hub dataset snapshot from which the trainer selects ``split`` of config ``name``."""
+    return {**files_layout, "layout": "snapshot", "select": {"split": split, "name": name}}
+
+
 def infer_layout(path: str | os.PathLike[str], *, file_type: str = "") -> dict[str, Any]:
     """Layout of a dataset directory or single file that has no manifest (a local-path dataset)."""
     p = Path(path)
@@ -156,7 +165,7 @@ def dataset_load_spec(path: str | os.PathLike[str], *, file_type: str = "") -> d
     p = Path(path)
     manifest = read_manifest(p) if p.is_dir() else None
     if manifest and manifest.get("kind") == "dataset" and manifest.get("layout"):
-        fields = {k: manifest[k] for k in ("layout", "fileType", "splits") if k in manifest}
+        fields = {k: manifest[k] for k in ("layout", "fileType", "splits", "select") if k in manifest}
     else:
         fields = infer_layout(p, file_type=file_type)
     spec: dict[str, Any] = {"path": str(p), **fields}
@@ -170,7 +179,7 @@ def dataset_load_spec(path: str | os.PathLike[str], *, file_type: str = "") -> d
 def load_dataset_dict(path: str | os.PathLike[str], *, file_type: str = "", **kwargs: Any):
     """Load the dataset at ``path`` as a ``datasets.DatasetDict`` following :func:`dataset_load_spec`.
 
-    ``kwargs`` go to ``datasets.load_dataset`` for the ``files`` layout; in a pod pass
+    ``kwargs`` go to ``datasets.load_dataset`` for the ``files`` and ``snapshot`` layouts; in a pod pass
     ``cache_dir`` (e.g. under ``paths.cache``): the root filesystem is read-only.
     """
     import datasets
@@ -178,7 +187,15 @@ def load_dataset_dict(path: str | os.PathLike[str], *, file_type: str = "", **kw
     spec = dataset_load_spec(path, file_type=file_type)
     if spec["layout"] == "save_to_disk":
         loaded = datasets.load_from_disk(spec["path"])
-        if isinstance(loaded, datasets.Dataset):
-            return datasets.DatasetDict({"train": loaded})
-        return loaded
-    return datasets.load_dataset(spec["builder"], data_files=spec["dataFiles"], **kwargs)
+    elif spec["layout"] == "snapshot":
+        select = spec["select"]
+        try:
+            loaded = datasets.load_dataset(spec["path"], select.get("name") or None, split=select["split"], **kwargs)
+        except ValueError as exc:  # an unknown split or config: say which field to fix
+            raise UserError(f"cannot select split {select['split']!r}"
+                            f"{' of config ' + repr(select['name']) if select.get('name') else ''} in {path}: {exc}",
+                            field="dataset.split" if "split" in str(exc).lower() else "dataset.name",
+                            hint="check dataset.name (config) and dataset.split against the dataset card") from None
+    else:
+        return datasets.load_dataset(spec["builder"], data_files=spec["dataFiles"], **kwargs)
+    return datasets.DatasetDict({"train": loaded}) if isinstance(loaded, datasets.Dataset) else loaded

@@ -8,9 +8,10 @@ completion manifest, ``.llm-finetune-manifest.json``, written last and atomicall
       "source": "hf://org/name",           # the URI from the config
       "revision": "a1b2c3...",             # resolved commit sha / S3 ETag digest / "" for local
       "sourceKey": "...",                  # identity of the request (uri, revision, name, split, patterns)
-      "layout": "files" | "save_to_disk",  # datasets only: how to load it
+      "layout": "files" | "save_to_disk" | "snapshot",  # datasets only: how to load it
       "fileType": "jsonl",                 # datasets with layout=files: json|jsonl|csv|parquet|arrow
       "splits": {"train": ["train.jsonl"], "test": ["test.jsonl"]},  # datasets, layout=files
+      "select": {"split": "train[:10%]", "name": ""},  # layout=snapshot: what the trainer loads
       "files": [{"path": "...", "size": 123,
                  "etag": "..." | "sha256": "..." | "gitOid": "...",   # S3 ETag / Hub LFS oid / git blob id
                  "checksum": {"algorithm": "md5", "value": "...", "source": "ETag"}}],

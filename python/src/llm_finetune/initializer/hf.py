@@ -6,9 +6,12 @@
   safetensors weights plus config/tokenizer files (``*.py`` only with
   ``model.trustRemoteCode``), and ``*.bin`` only when the repo has no safetensors.
 * Datasets without ``dataset.split``: the repo's data files (``layout: files``).
-  With ``dataset.split`` (the v1 reference's behaviour): ``datasets.load_dataset(repo,
-  name, split=..., revision=...)`` materialized with ``save_to_disk`` into a staging
-  folder, then moved into place (``layout: save_to_disk``, one Dataset = ``train``).
+  With ``dataset.split`` (the v1 reference's ``load_dataset(repo, name, split=...)``): the
+  repo's data files and its ``README.md`` (where configs are declared) at that commit, with
+  the split and config recorded (``layout: snapshot``); the trainer selects them with
+  ``datasets.load_dataset(<folder>, name, split=...)`` (:func:`..core.layout.load_dataset_dict`),
+  so the initializer image carries no ``datasets``/pyarrow/pandas and the files are verified
+  like any other.
 * Verified and resumed by byte range (:mod:`.ranged`, as S3 objects): each file is fetched
   from ``resolve/<commit>/<path>`` by ranged GETs through huggingface_hub's HTTP session
   (``download.concurrency`` at once) into ``<path>.part``, recorded in the journal as the bytes
@@ -24,19 +27,16 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..core.digest import Checksum
-from ..core.errors import FinetuneError, UserError
+from ..core.errors import UserError
 from ..core.hub import classify_error, hf_token, parse_hf_uri
-from ..core.layout import DEFAULT_DATA_PATTERNS, layout_of_names
+from ..core.layout import DEFAULT_DATA_PATTERNS, layout_of_names, snapshot_layout
 from ..core.log import quiet_library_loggers
 from ..core.retry import RetryPolicy, describe
-from ..core.volume import sha256_file, walk_files
 from .base import Provider, check_model_files, ensure_parent, safe_relpath
 from .ranged import CHUNK, IncompleteDownload, RemoteFile, fetch_missing
 
@@ -82,8 +82,6 @@ class HubProvider(Provider):
         sha = self._call(lambda: api.repo_info(repo_id, repo_type=self.repo_type, revision=req.revision or None).sha,
                          "resolve revision of")
         log.info("%s: revision %r is commit %s", req.uri, req.revision or "main", sha)
-        if req.kind == "dataset" and req.split:
-            return self._materialize_split(sha, target)
         tree = self._call(lambda: [f for f in api.list_repo_tree(repo_id, recursive=True, revision=sha,
                                                                  repo_type=self.repo_type)
                                    if isinstance(f, RepoFile)], "list files of")
@@ -99,6 +97,8 @@ class HubProvider(Provider):
         if req.kind == "model":
             check_model_files(paths, where=f"{req.uri}@{sha[:12]}", field="model")
         layout = layout_of_names(paths, file_type=req.file_type, where=req.uri) if req.kind == "dataset" else {}
+        if req.kind == "dataset" and req.split:
+            layout = snapshot_layout(layout, split=req.split, name=req.name)
         self._download(sha, target, selected)
         files = []
         for f in sorted(selected, key=lambda f: f.path):
@@ -115,8 +115,8 @@ class HubProvider(Provider):
         req = self.request
         if req.allow_patterns:
             return list(req.allow_patterns), list(req.ignore_patterns) or None
-        if req.kind == "dataset":
-            return list(DEFAULT_DATA_PATTERNS), list(req.ignore_patterns) or None
+        if req.kind == "dataset":  # with a split also README.md: its YAML header declares the configs
+            return list(DEFAULT_DATA_PATTERNS) + (["README.md"] if req.split else []), list(req.ignore_patterns) or None
         from fnmatch import fnmatchcase
 
         allow = list(DEFAULT_MODEL_PATTERNS)
@@ -140,52 +140,10 @@ class HubProvider(Provider):
         fetch_missing(HubSource(self, sha), files, target, None, uri=self.request.uri, kind=self.request.kind,
                       download=dl, policy=policy)
 
-    def _materialize_split(self, sha: str, target: Path) -> dict[str, Any]:
-        """The v1 reference's behaviour: ``load_dataset(split=...)`` then ``save_to_disk``."""
-        import datasets
-
-        req = self.request
-        staging = self.ctx.tmp_dir / f"dataset-split-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-
-        def attempt():
-            return datasets.load_dataset(self.repo_id, req.name or None, split=req.split, revision=sha,
-                                         cache_dir=str(self.ctx.tmp_dir / "datasets-cache"), token=hf_token())
-
-        log.info("%s: materializing split %r%s", req.uri, req.split, f" of config {req.name!r}" if req.name else "")
-        ds = self._call(attempt, f"load split {req.split!r} of")
-        ds.save_to_disk(str(staging))
-        log.info("%s: split %r has %d rows", req.uri, req.split, len(ds))
-        replace_contents(staging, target)
-        files = [{"path": p, "size": (target / p).stat().st_size, "sha256": sha256_file(target / p)}
-                 for p in walk_files(target)]
-        return {"revision": sha, "files": files, "layout": "save_to_disk", "fileType": "arrow",
-                "splits": {"train": ["."]}, "materializedSplit": req.split}
-
     # -- errors ------------------------------------------------------------------
     def _classify(self, exc: BaseException) -> BaseException | None:
         req = self.request
-        verdict = classify_error(exc, uri=req.uri, field=req.field, revision=req.revision)
-        unexpected = verdict is not None and not isinstance(verdict, FinetuneError)
-        if unexpected and req.kind == "dataset" and (type(verdict).__module__.startswith("datasets")
-                                                      or isinstance(verdict, ValueError)):
-            return UserError(f"cannot load {req.uri}: {describe(verdict)}",
-                             field=f"{req.field}.split" if "split" in str(verdict).lower() else f"{req.field}.name",
-                             hint="check dataset.name (config) and dataset.split against the dataset card")
-        return verdict
-
-
-def replace_contents(staging: Path, target: Path) -> None:
-    """Make ``target`` hold exactly ``staging``'s entries (moved; works when ``target`` is a mount point)."""
-    target.mkdir(parents=True, exist_ok=True)
-    for entry in list(target.iterdir()):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    for entry in sorted(staging.iterdir()):
-        shutil.move(str(entry), str(target / entry.name))
-    staging.rmdir()
+        return classify_error(exc, uri=req.uri, field=req.field, revision=req.revision)
 
 
 class HubSource:
