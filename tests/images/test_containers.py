@@ -118,8 +118,8 @@ for path in ("/probe", "/usr/local/lib/probe", "/var/tmp/probe", "/tmp/probe"):
         out["writes"][path] = "written"
     except OSError as exc:
         out["writes"][path] = exc.strerror
-out["modules"] = [m for m in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "boto3",
-                              "huggingface_hub", "kubernetes", "jsonschema") if importlib.util.find_spec(m)]
+out["modules"] = [m for m in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "pyarrow", "pandas",
+                              "boto3", "huggingface_hub", "kubernetes", "jsonschema") if importlib.util.find_spec(m)]
 out["dists"] = {d.metadata["Name"]: d.version for d in md.distributions()}
 print(json.dumps(out))
 """
@@ -147,7 +147,9 @@ def test_restricted_container_cannot_write_its_root(probes, name):
 
 
 def test_initializer_image_carries_no_ml_stack(probes):
-    assert set(probes["initializer"]["modules"]).isdisjoint({"torch", "transformers", "peft", "trl", "accelerate"})
+    # not even datasets (pyarrow, pandas): the trainer selects a dataset.split (core/layout.py "snapshot")
+    assert set(probes["initializer"]["modules"]).isdisjoint({"torch", "transformers", "peft", "trl", "accelerate",
+                                                             "datasets", "pyarrow", "pandas"})
     assert {"boto3", "huggingface_hub", "kubernetes", "jsonschema"} <= set(probes["initializer"]["modules"])
     assert {"torch", "transformers", "peft", "trl", "accelerate", "datasets"} <= set(probes["trainer"]["modules"])
 
