@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from llm_finetune.local.containers import ENGINE_ENV, find_engine, is_podman, ulimit_args
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "images" / "build.py"
@@ -114,28 +115,23 @@ def images(request) -> dict:
 
 
 @pytest.fixture(scope="session")
-def engine(images) -> list[str]:
-    """The container CLI that sees the built images: podman (buildah's storage) or docker."""
-    if images["builder"] == "docker":
-        return ["docker"]
-    return ["podman", "--runtime", "runc"]  # crun: "cgroups in hybrid mode not supported" here
+def engine(images, monkeypatch_session) -> list[str]:
+    """The container CLI that sees the built images: podman (buildah's storage) or docker; run-local's
+    --runtime container is pointed at the same one."""
+    name = "docker" if images["builder"] == "docker" else "podman"
+    monkeypatch_session.setenv(ENGINE_ENV, name)
+    return find_engine()
 
 
-def ulimit_args() -> list[str]:
-    """Limits a container can get here. podman 4.3 (rootful) asks for nofile/nproc 1048576 by
-    default, which fails without CAP_SYS_RESOURCE where the hard limits are lower (runc: "error
-    setting rlimit"); newer podman clamps them itself. nofile: this process's hard limit; nproc
-    counts the user's processes system-wide (not the container's) and conmon gets at most 32768."""
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
-    nofile = 1048576 if nofile == resource.RLIM_INFINITY else min(nofile, 1048576)
-    nproc = 32768 if nproc == resource.RLIM_INFINITY else min(nproc, 32768)
-    return [f"--ulimit=nofile={nofile}:{nofile}", f"--ulimit=nproc={nproc}:{nproc}"]
+@pytest.fixture(scope="session")
+def monkeypatch_session():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
 
 
-# --read-only-tmpfs=false: podman would otherwise mount tmpfs on /run, /tmp and /var/tmp; Kubernetes'
+# --read-only-tmpfs=false (podman): podman would otherwise mount tmpfs on /run, /tmp and /var/tmp; Kubernetes'
 # readOnlyRootFilesystem leaves only the pod's volumes writable (here the /tmp emptyDir).
-RESTRICTED = ["--user", "1000:1000", "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:rw,mode=1777",
+RESTRICTED = ["--user", "1000:1000", "--read-only", "--tmpfs", "/tmp:rw,mode=1777",
               "--cap-drop=ALL", "--security-opt=no-new-privileges", "--network", "none"]
 
 
@@ -143,8 +139,10 @@ RESTRICTED = ["--user", "1000:1000", "--read-only", "--read-only-tmpfs=false", "
 def run_restricted(engine):
     """Run a command in an image as the chart runs its containers (PSS restricted)."""
 
+    podman = is_podman(engine)
+
     def _run(image: str, *cmd: str, mounts: tuple[str, ...] = (), timeout: int = 180) -> subprocess.CompletedProcess:
-        argv = [*engine, "run", "--rm", *ulimit_args(), *RESTRICTED]
+        argv = [*engine, "run", "--rm", *ulimit_args(), *RESTRICTED] + (["--read-only-tmpfs=false"] if podman else [])
         for m in mounts:
             argv += ["-v", m]
         return subprocess.run([*argv, image, *cmd], capture_output=True, text=True, timeout=timeout)

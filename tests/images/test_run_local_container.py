@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_finetune.local.containers import ContainerExecutor
+from llm_finetune.local.containers import ENGINE_ENV, ContainerExecutor
 from llm_finetune.local.plan import build_plan
 from llm_finetune.local.runner import Runner, StepFailed
 
@@ -46,6 +46,7 @@ def image_sets(images: dict) -> list[str]:
 def run_local(tmp_path: Path, helm: str, workdir: str, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
     (tmp_path / "short.yaml").write_text(yaml.safe_dump(SHORT))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_TOKEN", "LLM_FINETUNE_"))}
+    env[ENGINE_ENV] = os.environ.get(ENGINE_ENV, "podman")  # the engine that holds the built images (conftest)
     env.update({"HELM_BIN": helm, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
                 "LLM_FINETUNE_TERMINATION_LOG": str(tmp_path / f"{workdir}.termination-log")})
     started = time.monotonic()
@@ -62,7 +63,7 @@ def summary(proc: subprocess.CompletedProcess, workdir: Path) -> list[str]:
     return [re.sub(r"(\d+\.\d\d)\d+", r"\1", line.replace(str(workdir), "WORKDIR")) for line in block]
 
 
-def test_container_demo_ends_as_the_process_demo(images, tmp_path, helm4):
+def test_container_demo_ends_as_the_process_demo(images, engine, tmp_path, helm4):
     ctr, ctr_s = run_local(tmp_path, helm4, "container", "--runtime", "container", *image_sets(images))
     assert ctr.returncode == 0, (ctr.stdout + ctr.stderr)[-8000:]
     # the same deterministic demo assets (built once per workdir): the second run does not build them again
@@ -89,7 +90,7 @@ def test_container_demo_ends_as_the_process_demo(images, tmp_path, helm4):
     text = ctr.stdout + ctr.stderr
     for pod in ("master-0", "worker-0"):
         assert f"[{pod}/storage-initializer]" in text and f"[{pod}/pytorch]" in text
-    left = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    left = subprocess.run([*engine, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "local-llm-finetune-demo" not in left  # nothing of the run keeps running or lingers
 
 
@@ -132,7 +133,7 @@ time.sleep(60)
 """
 
 
-def test_volumes_get_the_kubelets_ownership_and_an_emptydir_over_its_limit_evicts(images, tmp_path):
+def test_volumes_get_the_kubelets_ownership_and_an_emptydir_over_its_limit_evicts(images, engine, tmp_path):
     plan = build_plan(small_job(images["images"]["initializer"]["ref"], PROBE), tmp_path / "w", local_env={},
                       master_port=1)
     out = []
@@ -146,7 +147,7 @@ def test_volumes_get_the_kubelets_ownership_and_an_emptydir_over_its_limit_evict
 
     started = time.monotonic()
     with pytest.raises(StepFailed) as failed:
-        Runner(plan, executor=ContainerExecutor(), stream=Stream()).run()
+        Runner(plan, executor=ContainerExecutor(engine), stream=Stream()).run()
     assert time.monotonic() - started < 45  # evicted within seconds, not after the 60 s sleep
     assert failed.value.exit_code == 137
     assert "Evicted: Usage of EmptyDir volume 'data' exceeds the limit '1Mi'" in str(failed.value)
@@ -160,11 +161,11 @@ def test_volumes_get_the_kubelets_ownership_and_an_emptydir_over_its_limit_evict
     assert claim.stat().st_gid == 2000 and claim.stat().st_mode & 0o2070 == 0o2070
 
 
-def test_a_container_over_its_memory_limit_is_oom_killed(images, tmp_path):
+def test_a_container_over_its_memory_limit_is_oom_killed(images, engine, tmp_path):
     script = "x = bytearray(512 << 20); x[::4096] = b'1' * len(x[::4096]); print('survived')"
     plan = build_plan(small_job(images["images"]["initializer"]["ref"], script, memory="64Mi"), tmp_path / "w",
                       local_env={}, master_port=1)
     with pytest.raises(StepFailed) as failed:
-        Runner(plan, executor=ContainerExecutor(), stream=open(os.devnull, "w")).run()
+        Runner(plan, executor=ContainerExecutor(engine), stream=open(os.devnull, "w")).run()
     assert failed.value.exit_code == 137
     assert "OOMKilled: the container went over its memory limit of 64Mi" in str(failed.value)
