@@ -169,3 +169,77 @@ def test_a_container_over_its_memory_limit_is_oom_killed(images, engine, tmp_pat
         Runner(plan, executor=ContainerExecutor(engine), stream=open(os.devnull, "w")).run()
     assert failed.value.exit_code == 137
     assert "OOMKilled: the container went over its memory limit of 64Mi" in str(failed.value)
+
+
+# ---------------------------------------------------------------------------
+# Nothing outlives run-local: SIGKILL of it stops and removes its containers (local/reaper.py)
+# ---------------------------------------------------------------------------
+DRIVER = r"""
+import json, sys
+from llm_finetune.local.containers import ContainerExecutor
+from llm_finetune.local.plan import build_plan
+from llm_finetune.local.runner import Runner
+manifests, workdir, engine = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+Runner(build_plan(manifests, workdir, local_env={}, master_port=1), executor=ContainerExecutor(engine)).run()
+"""
+
+STUBBORN = r"""
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as a trainer still saving its checkpoint
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _descendants(pid: int) -> list[int]:
+    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(c) for c in children] + [d for c in children for d in _descendants(int(c))]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+                out.append(pid)
+        except (OSError, IndexError):
+            pass
+    return out
+
+
+def test_sigkill_of_run_local_stops_and_removes_its_containers_after_the_grace_period(images, engine, tmp_path):
+    from llm_finetune.local.containers import RUN_LABEL, workdir_key
+
+    job = small_job(images["images"]["initializer"]["ref"], STUBBORN)
+    pod = job[1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    pod["terminationGracePeriodSeconds"] = 3
+    pod["volumes"] = [v for v in pod["volumes"] if "emptyDir" not in v]
+    pod["containers"][0]["volumeMounts"] = [m for m in pod["containers"][0]["volumeMounts"]
+                                            if m["name"] in ("workspace", "config")]
+    workdir = tmp_path / "w"
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(job), str(workdir), json.dumps(engine)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in driver.stdout:
+        lines.append(line)
+        if "ready" in line:
+            break
+    assert driver.poll() is None, "".join(lines)
+    label = ["--filter", f"label={RUN_LABEL}={workdir_key(workdir)}"]
+    running = subprocess.run([*engine, "ps", "-q", *label], capture_output=True, text=True).stdout.split()
+    assert len(running) == 1
+    started = _descendants(driver.pid)  # the engine's client (and the reaper)
+    assert started
+    driver.kill()  # SIGKILL: run-local cleans up nothing itself
+    driver.wait()
+    killed_at = time.monotonic()
+    while time.monotonic() - killed_at < 60:
+        left = subprocess.run([*engine, "ps", "-aq", *label], capture_output=True, text=True).stdout.split()
+        if not left and not _alive(started):
+            break
+        time.sleep(0.5)
+    gone_after = time.monotonic() - killed_at
+    assert not left, f"containers left after run-local was killed: {left}"
+    assert not _alive(started), f"processes left: {_alive(started)}"
+    # the container ignored SIGTERM: it was killed once the pod's 3 s grace period had passed, as the kubelet does
+    assert 2.5 <= gone_after < 60

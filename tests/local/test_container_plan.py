@@ -6,6 +6,7 @@ the pod spec real Helm renders and checks the kubelet's semantics were applied t
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from decimal import Decimal
@@ -37,8 +38,8 @@ def test_each_container_runs_its_rendered_image_command_and_security_context(hel
             args = run_args(["podman"], proc, name="n", run_key="k", hosts=hosts)
             image_at = args.index(c["image"])
             # command replaces the entrypoint, args follow the image: exactly the rendered ones
-            assert _flag_values(args, "--entrypoint") == [f'["{c["command"][0]}"]']
-            assert args[image_at + 1:] == c["command"][1:] + c.get("args", [])
+            assert [json.loads(v) for v in _flag_values(args, "--entrypoint")] == [c["command"]]
+            assert args[image_at + 1:] == c.get("args", [])
             assert _flag_values(args, "--user") == [f"{psc['runAsUser']}:{psc['runAsGroup']}"]
             assert _flag_values(args, "--group-add") == [str(psc["fsGroup"])]
             csc = c["securityContext"]
@@ -113,6 +114,7 @@ def test_container_security_context_wins_over_the_pods():
          "securityContext": {"runAsUser": 2000, "seccompProfile": {"type": "Unconfined"}, "capabilities": {"add": ["NET_RAW"]}},
          "volumeMounts": [{"name": "m", "mountPath": "/scratch"}, {"name": "d", "mountPath": "/data"}]}
     spec = container_spec("p", pod, c, folders={"d": "/host/d"}, env={}, init=False)
+    assert (spec.command, spec.args) == (["x"], ["y"])
     assert (spec.user, spec.group, spec.groups, spec.seccomp, spec.cap_add) == (2000, 1000, [3000, 4000], "Unconfined",
                                                                              ["NET_RAW"])
     assert not spec.no_new_privileges  # allowPrivilegeEscalation unset: the kubelet allows it

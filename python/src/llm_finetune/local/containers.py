@@ -40,6 +40,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -53,6 +54,8 @@ from .podspec import ContainerSpec, Mount
 log = logging.getLogger("llm_finetune.local")
 
 ENGINE_ENV = "LLM_FINETUNE_CONTAINER_ENGINE"
+# What the engine's client gets of run-local's environment (and, by name, the containers' secret env).
+ENGINE_CLIENT_ENV = ("PATH", "HOME", "XDG_RUNTIME_DIR", "CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "DOCKER_HOST")
 RUN_LABEL = "dev.llm-finetune.run-local"
 WRITABLE_KINDS = ("claim", "ephemeral", "emptyDir")
 EVICTION_CHECK_S = 5.0
@@ -74,6 +77,11 @@ def find_engine() -> list[str]:
         return [path, "--runtime", "runc"] if name == "podman" and shutil.which("runc") else [path]
     raise UserError("--runtime container needs podman (or a running Docker daemon), and none was found",
                     hint="'make images' installs buildah/podman/runc (Debian/Ubuntu, root) and builds the images")
+
+
+def workdir_key(workdir: str | os.PathLike[str]) -> str:
+    """The label value (``RUN_LABEL``) and name part of a run's containers: one per workdir."""
+    return hashlib.sha256(str(Path(workdir).resolve()).encode()).hexdigest()[:12]
 
 
 def is_podman(engine: list[str]) -> bool:
@@ -105,7 +113,7 @@ def _quantity_bytes(value: int) -> str:
 # ---------------------------------------------------------------------------
 # What one container becomes: the engine's arguments (pure, testable without an engine)
 # ---------------------------------------------------------------------------
-def _security_args(c: ContainerSpec, podman: bool) -> list[str]:
+def security_args(c: ContainerSpec, podman: bool) -> list[str]:
     args: list[str] = []
     if c.user is not None:
         args += ["--user", f"{c.user}:{c.group}" if c.group is not None else str(c.user)]
@@ -154,17 +162,16 @@ def run_args(engine: list[str], spec: ProcessSpec, *, name: str, run_key: str, h
     assert c is not None
     podman = is_podman(engine)
     args = [*engine, "run", "--name", name, "--label", f"{RUN_LABEL}={run_key}", "--pull=never",
-            "--network=host", *ulimit_args(), *_security_args(c, podman), *_resource_args(c)]
+            "--network=host", *ulimit_args(), *security_args(c, podman), *_resource_args(c)]
     args += [f"--add-host={h}:127.0.0.1" for h in hosts]
     args += _mount_args(c, spec.termination_log)
     for key, value in sorted(c.env.items()):
         args += ["-e", key if key in c.secret_env else f"{key}={value}"]
     if c.working_dir:
         args += ["--workdir", c.working_dir]
-    command, rest = (c.command[:1], c.command[1:]) if c.command else ([], [])
-    if command:
-        args += ["--entrypoint", json.dumps(command)]
-    return args + [c.image, *rest]
+    if c.command:  # Kubernetes: command replaces ENTRYPOINT (the image's CMD is dropped), args replace CMD
+        args += ["--entrypoint", json.dumps(c.command)]
+    return args + [c.image, *c.args]
 
 
 # ---------------------------------------------------------------------------
@@ -256,11 +263,13 @@ class ContainerExecutor:
         self.watcher: threading.Thread | None = None
         self.cgroup_parent = ""      # podman with cgroupfs: a parent cgroup per container, to see OOM kills
         self.killed: set[str] = set()  # containers this executor killed (not an OOM)
+        self.grace_s = 30
+        self.reaper: subprocess.Popen | None = None  # stops and removes the run's containers once run-local is gone
 
     # -- Executor ---------------------------------------------------------------
     def prepare(self, plan: JobPlan) -> None:
         self.engine = self.engine or find_engine()
-        self.run_key = hashlib.sha256(str(Path(plan.workdir).resolve()).encode()).hexdigest()[:12]
+        self.run_key = workdir_key(plan.workdir)
         self.hosts = [p.name for p in plan.pods]
         if is_podman(self.engine):
             manager = subprocess.run([*self.engine, "info", "--format", "{{.Host.CgroupManager}}"],
@@ -269,6 +278,7 @@ class ContainerExecutor:
         specs = [s for p in plan.pods for s in p.processes]
         if any(s.container_spec is None for s in specs):
             raise UserError("the plan has no container specs (an older plan format)")
+        self.grace_s = max(s.container_spec.grace_s for s in specs)
         self._remove_leftovers()
         self._check_images_and_users([s.container_spec for s in specs])
         for s in specs:
@@ -278,6 +288,8 @@ class ContainerExecutor:
 
     def start(self, spec: ProcessSpec, cwd: str, keep_fds: tuple[int, ...] = ()) -> subprocess.Popen:
         with self.lock:
+            if self.reaper is None:
+                self.reaper = self._start_reaper(keep_fds)
             self.counter += 1
             name = f"llm-finetune-{self.run_key}-{spec.pod}-{spec.container}-{self.counter}"
         term = Path(spec.termination_log)
@@ -285,8 +297,7 @@ class ContainerExecutor:
         term.write_text("")
         os.chmod(term, 0o666)  # kuberuntime_container.go makeMounts: writable by any user of the container
         c = spec.container_spec
-        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "XDG_RUNTIME_DIR", "CONTAINERS_CONF",
-                                                              "CONTAINERS_STORAGE_CONF", "DOCKER_HOST")}
+        env = {k: v for k, v in os.environ.items() if k in ENGINE_CLIENT_ENV}
         env.update({k: c.env[k] for k in c.secret_env if k in c.env})
         argv = run_args(self.engine, spec, name=name, run_key=self.run_key, hosts=self.hosts)
         if self.cgroup_parent:
@@ -316,8 +327,23 @@ class ContainerExecutor:
             self._remove_leftovers()
         if self.cgroup_parent:
             remove_cgroup(self.cgroup_parent)
+        if self.reaper is not None:  # nothing is left for it: it checks and ends
+            self.reaper.stdin.close()
+            try:
+                self.reaper.wait(self.grace_s + 30)
+            except subprocess.TimeoutExpired:
+                log.warning("the container reaper (pid %d) is still stopping containers", self.reaper.pid)
 
     # -- helpers ----------------------------------------------------------------
+    def _start_reaper(self, keep_fds: tuple[int, ...]) -> subprocess.Popen:
+        """local/reaper.py: when run-local is gone, however it went, the run's containers are stopped (the pods'
+        grace period) and removed. It keeps the workdir lock (``keep_fds``) until it has done so."""
+        argv = [sys.executable, "-m", "llm_finetune.local.reaper", "--run-key", self.run_key,
+                f"--grace={self.grace_s}", f"--cgroup-parent={self.cgroup_parent}", "--", *self.engine]
+        env = {k: v for k, v in os.environ.items() if k in ENGINE_CLIENT_ENV or k.startswith("PYTHON")}
+        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env, start_new_session=True, pass_fds=keep_fds)
+
     def _remove_leftovers(self) -> None:
         ids = subprocess.run([*self.engine, "ps", "-aq", "--filter", f"label={RUN_LABEL}={self.run_key}"],
                              capture_output=True, text=True).stdout.split()

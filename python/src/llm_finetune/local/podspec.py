@@ -29,6 +29,7 @@ from ..core.errors import UserError
 from ..validate.rules import parse_quantity
 
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+DEFAULT_GRACE_S = 30  # core/v1 PodSpec terminationGracePeriodSeconds default
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class ContainerSpec:
     pod: str
     name: str
     image: str
-    command: list[str]               # command + args as rendered (replace the image's entrypoint)
+    command: list[str]               # as rendered: replaces the image's ENTRYPOINT (and its CMD) when set
+    args: list[str]                  # as rendered: replace the image's CMD
     env: dict[str, str]              # as the container sees it (no path mapping)
     secret_env: tuple[str, ...]      # names of env from Secrets: never put on a command line
     mounts: list[Mount]
@@ -66,6 +68,7 @@ class ContainerSpec:
     memory_limit: int | None
     working_dir: str | None
     termination_message_path: str = DEFAULT_TERMINATION_MESSAGE_PATH
+    grace_s: int = DEFAULT_GRACE_S   # the pod's terminationGracePeriodSeconds: SIGTERM, then SIGKILL after it
     init: bool = False
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -164,11 +167,12 @@ def container_spec(pod: str, pod_spec: dict[str, Any], container: dict[str, Any]
     memory = _quantity(limits.get("memory"), f"{where}.limits.memory")
     return ContainerSpec(
         pod=pod, name=name, image=container.get("image") or "",
-        command=list(container.get("command") or []) + list(container.get("args") or []),
+        command=list(container.get("command") or []), args=list(container.get("args") or []),
         env=dict(env), secret_env=secret_env_names(container), mounts=_mounts(pod, pod_spec, container, folders),
         cpu_limit=_quantity(limits.get("cpu"), f"{where}.limits.cpu"),
         cpu_request=_quantity(requests.get("cpu"), f"{where}.requests.cpu"),
         memory_limit=int(memory) if memory is not None else None,
         working_dir=container.get("workingDir"),
         termination_message_path=container.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH,
+        grace_s=int(pod_spec.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S)),
         init=init, labels=dict(labels or {}), **_security(pod_spec, container))
