@@ -4,7 +4,8 @@ The image build (images/build.py: ~5 min cold, seconds when the inputs hash is u
 starts in the background as soon as the session's tests are collected, so that it overlaps
 the rest of the suite; the container tests are moved to the end of the run and wait for it.
 It installs buildah/podman when missing; where that is impossible the container tests are
-skipped with the builder's reason (exit code 3 of images/build.py).
+skipped with the builder's reason (exit code 3 of images/build.py) — or fail with it where
+``LLM_FINETUNE_REQUIRE_IMAGES=1`` (CI: ``.ci/run`` sets it).
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from llm_finetune.local.containers import ENGINE_ENV, find_engine, is_podman, ulimit_args
+from llm_finetune.local.containers import ENGINE_ENV, find_engine, ulimit_args
+
+from .chart_pods import chart_security_args, rendered_containers
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "images" / "build.py"
 BUILD_TIMEOUT_S = 45 * 60
 _KEY = pytest.StashKey["ImageBuild"]()
+# Set by .ci/run: where no builder can be set up, the container tests fail instead of being skipped.
+REQUIRE_ENV = "LLM_FINETUNE_REQUIRE_IMAGES"
 
 
 class ImageBuild:
@@ -108,7 +113,10 @@ def images(request) -> dict:
         build = request.config.stash[_KEY] = ImageBuild()
     result = build.wait()
     if result["exit_code"] == 3:
-        pytest.skip(f"images cannot be built here: {result.get('unavailable') or build.log_tail(5)}")
+        reason = f"images cannot be built here: {result.get('unavailable') or build.log_tail(5)}"
+        if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):  # CI (.ci/run): a missing builder is a failure
+            pytest.fail(f"{reason} ({REQUIRE_ENV} is set)")
+        pytest.skip(reason)
     if result["exit_code"] != 0 or not result.get("ok"):
         pytest.fail(f"images/build.py failed ({result['exit_code']}):\n{build.log_tail()}")
     return result
@@ -129,20 +137,25 @@ def monkeypatch_session():
         yield mp
 
 
-# --read-only-tmpfs=false (podman): podman would otherwise mount tmpfs on /run, /tmp and /var/tmp; Kubernetes'
-# readOnlyRootFilesystem leaves only the pod's volumes writable (here the /tmp emptyDir).
-RESTRICTED = ["--user", "1000:1000", "--read-only", "--tmpfs", "/tmp:rw,mode=1777",
-              "--cap-drop=ALL", "--security-opt=no-new-privileges", "--network", "none"]
+@pytest.fixture(scope="session")
+def restricted_args(engine, helm4) -> list[str]:
+    """How the chart runs the trainer container (PSS restricted), plus the /tmp emptyDir it mounts and no network."""
+    where, pod_spec, container, _ = next(r for r in rendered_containers(helm4) if r[2]["name"] == "pytorch")
+    args = chart_security_args(engine, pod_spec, container)
+    # what the chart renders (values.yaml defaults), as the engine gets it
+    for expected in ("1000:1000", "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges"):
+        assert expected in args, (where, args)
+    assert "/tmp" in [m["mountPath"] for m in container["volumeMounts"]]
+    return [*args, "--tmpfs", "/tmp:rw,mode=1777", "--network", "none"]
 
 
 @pytest.fixture(scope="session")
-def run_restricted(engine):
+def run_restricted(engine, restricted_args):
     """Run a command in an image as the chart runs its containers (PSS restricted)."""
 
-    podman = is_podman(engine)
-
-    def _run(image: str, *cmd: str, mounts: tuple[str, ...] = (), timeout: int = 180) -> subprocess.CompletedProcess:
-        argv = [*engine, "run", "--rm", *ulimit_args(), *RESTRICTED] + (["--read-only-tmpfs=false"] if podman else [])
+    def _run(image: str, *cmd: str, mounts: tuple[str, ...] = (), timeout: int = 180,
+             security: list[str] | None = None) -> subprocess.CompletedProcess:
+        argv = [*engine, "run", "--rm", *ulimit_args(), *(restricted_args if security is None else security)]
         for m in mounts:
             argv += ["-v", m]
         return subprocess.run([*argv, image, *cmd], capture_output=True, text=True, timeout=timeout)

@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llm_finetune.local.containers import is_podman, ulimit_args
+
+from .chart_pods import chart_security_args, rendered_containers
+
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ("initializer", "trainer")
 EXAMPLE = REPO / "values-examples" / "v1-llm-lora.yaml"
@@ -104,6 +108,41 @@ def test_validate_in_the_image_uses_the_charts_schema(images, run_restricted):
                          mounts=(f"{EXAMPLE.parent}:/values:ro",))
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "training.method: 'nonsense' is not allowed" in bad.stdout + bad.stderr
+
+
+def test_each_rendered_containers_command_runs_in_its_image_as_rendered(images, helm4, engine, run_restricted):
+    """Every container the chart renders (replicas, preflight hook, helm test), pointed at the images built here:
+    its command's subcommand exists in its image, run with the securityContext the chart renders for it."""
+    sets = [f"images.{n}.{k}={v}" for n, info in images["images"].items()
+            for k, v in zip(("registry", "repository", "tag"), (*info["ref"].rsplit(":", 1)[0].split("/", 1),
+                                                               info["ref"].rsplit(":", 1)[1]))]
+    seen = {}
+    for where, pod_spec, c, _ in rendered_containers(helm4, *sets):
+        assert c["image"] in {i["ref"] for i in images["images"].values()}, (where, c["image"])
+        command = c["command"] + c.get("args", [])
+        assert command[0] == "llm-finetune", (where, command)
+        seen.setdefault((c["image"], command[1]), (where, chart_security_args(engine, pod_spec, c)))
+    assert {sub for _, sub in seen} == {"initialize", "launch", "preflight", "verify"}
+    for (image, sub), (where, security) in sorted(seen.items()):
+        proc = run_restricted(image, "llm-finetune", sub, "--help",
+                              security=[*security, "--tmpfs", "/tmp:rw,mode=1777", "--network", "none"])
+        assert proc.returncode == 0, (where, proc.stdout + proc.stderr)
+        assert f"usage: llm-finetune {sub}" in proc.stdout, (where, proc.stdout)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_images_own_user_workdir_and_default_command(images, engine, name):
+    """Without the chart's command: the image runs as its numeric non-root USER (runAsNonRoot passes) in /tmp,
+    and its default command prints the commands."""
+    ref = images["images"][name]["ref"]
+    config = inspect(engine, ref).get("Config") or {}
+    assert (config.get("User"), config.get("WorkingDir"), config.get("Entrypoint") or None) == ("1000:1000", "/tmp", None)
+    assert config.get("Cmd") == ["llm-finetune", "--help"]
+    proc = subprocess.run([*engine, "run", "--rm", *ulimit_args(), "--read-only", "--network", "none",
+                           *(["--read-only-tmpfs=false"] if is_podman(engine) else []), ref],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: llm-finetune" in proc.stdout and "run-local" in proc.stdout
 
 
 # One container per image: who it runs as, what it may write, what is installed (without importing it).
