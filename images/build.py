@@ -366,7 +366,8 @@ class Docker(Buildah):
             cmd += ["--label", f"{k}={v}"]
         for k, v in build_args.items():
             cmd += ["--build-arg", f"{k}={v}"]
-        run(cmd + ["."], log=log, prefix=f"[{name}] ", cwd=REPO)
+        # BuildKit (buildx): RUN --mount needs it; Docker < 23 builds with the legacy builder by default.
+        run(cmd + ["."], log=log, prefix=f"[{name}] ", cwd=REPO, env={**os.environ, "DOCKER_BUILDKIT": "1"})
 
 
 @contextlib.contextmanager
