@@ -86,10 +86,13 @@ def test_container_demo_ends_as_the_process_demo(images, engine, tmp_path, helm4
     assert summary(ctr, tmp_path / "container") == summary(proc, tmp_path / "process")
     for name in ("loss-curve.png", "samples.md"):
         assert (tmp_path / "container" / "results" / name).stat().st_size > 0
-    # both pods ran their init container and trainer, as containers
+    # both pods ran their init container and trainer, as containers (a non-zero rank's trainer logs nothing)
     text = ctr.stdout + ctr.stderr
+    assert "runtime container" in text and "[master-0/pytorch]" in text
     for pod in ("master-0", "worker-0"):
-        assert f"[{pod}/storage-initializer]" in text and f"[{pod}/pytorch]" in text
+        assert f"[{pod}/storage-initializer]" in text
+        for container in ("storage-initializer", "pytorch"):
+            assert (tmp_path / "container" / "logs" / f"local-llm-finetune-demo-{pod}.{container}.log").is_file()
     left = subprocess.run([*engine, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "local-llm-finetune-demo" not in left  # nothing of the run keeps running or lingers
 
