@@ -3,6 +3,7 @@
 The image build (images/build.py: ~5 min cold, seconds when the inputs hash is unchanged)
 starts in the background as soon as the session's tests are collected, so that it overlaps
 the rest of the suite; the container tests are moved to the end of the run and wait for it.
+The container demo's model and dataset are built in the background too (``DemoAssets``).
 It installs buildah/podman when missing; where that is impossible the container tests are
 skipped with the builder's reason (exit code 3 of images/build.py) — or fail with it where
 ``LLM_FINETUNE_REQUIRE_IMAGES=1`` (CI: ``.ci/run`` sets it).
@@ -77,6 +78,35 @@ class ImageBuild:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class DemoAssets:
+    """The demo's model and dataset (local/demo.build_assets: ~1-2 min of CPU) built in the background as well,
+    so that the container demo's run does not build them at the end of the suite."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="llm-finetune-demo-assets-"))
+        code = "import sys; from pathlib import Path; from llm_finetune.local.demo import build_assets; " \
+               "build_assets(Path(sys.argv[1]))"
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+        cmd = [sys.executable, "-c", code, str(self.dir / "demo-assets")]
+        self.proc = subprocess.Popen((["nice", "-n", "10"] if shutil.which("nice") else []) + cmd, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def wait(self) -> Path | None:
+        """The built folder, or None when the build failed (the demo then builds its own)."""
+        self.proc.wait()
+        return self.dir / "demo-assets" if self.proc.returncode == 0 else None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_ASSETS = pytest.StashKey["DemoAssets"]()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "containers: runs the real images (built by images/build.py); runs last")
 
@@ -97,12 +127,22 @@ def pytest_collection_modifyitems(session, config, items):
     items[:] = [item for item in items if not item.get_closest_marker("containers")] + containers
     if not config.option.collectonly and _KEY not in config.stash:
         config.stash[_KEY] = ImageBuild()
+    if not config.option.collectonly and any("demo_assets" in getattr(i, "fixturenames", ()) for i in containers):
+        config.stash[_ASSETS] = DemoAssets()
 
 
 def pytest_unconfigure(config):
-    build = config.stash.get(_KEY, None)
-    if build is not None:
-        build.stop()
+    for key in (_KEY, _ASSETS):
+        job = config.stash.get(key, None)
+        if job is not None:
+            job.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_assets(request) -> Path | None:
+    """The demo assets built in the background (None: not started or failed; run-local builds them then)."""
+    job = request.config.stash.get(_ASSETS, None)
+    return job.wait() if job is not None else None
 
 
 @pytest.fixture(scope="session")

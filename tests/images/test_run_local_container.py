@@ -63,7 +63,9 @@ def summary(proc: subprocess.CompletedProcess, workdir: Path) -> list[str]:
     return [re.sub(r"(\d+\.\d\d)\d+", r"\1", line.replace(str(workdir), "WORKDIR")) for line in block]
 
 
-def test_container_demo_ends_as_the_process_demo(images, engine, tmp_path, helm4):
+def test_container_demo_ends_as_the_process_demo(images, engine, demo_assets, tmp_path, helm4):
+    if demo_assets is not None:  # built in the background while the suite ran (conftest.DemoAssets)
+        shutil.copytree(demo_assets, tmp_path / "container" / "demo-assets")
     ctr, ctr_s = run_local(tmp_path, helm4, "container", "--runtime", "container", *image_sets(images))
     assert ctr.returncode == 0, (ctr.stdout + ctr.stderr)[-8000:]
     # the same deterministic demo assets (built once per workdir): the second run does not build them again
