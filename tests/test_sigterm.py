@@ -171,7 +171,12 @@ def test_sigterm_swallowed_where_it_lands_still_stops_the_command(where, tmp_pat
     env = {"LLM_FINETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen([sys.executable, "-c", SWALLOWING, str(ready), where], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    code, err = _stop_when(proc, ready.exists)
+    try:
+        code, err = _stop_when(proc, ready.exists)
+    finally:
+        if proc.poll() is None:  # it did not stop: end it, not to leave it looping
+            proc.kill()
+            proc.wait()
     assert code == 143, err
     message = "demo: stopped by SIGTERM — what was done is kept"
     assert (tmp_path / "termination-log").read_text() == message

@@ -6,6 +6,7 @@ shorter with a values file, so a change to the example is tested here too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -121,6 +122,19 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+@contextlib.contextmanager
+def _started(command: list[str], env: dict[str, str], log: Path):
+    """run-local as a process writing to ``log``; killed (SIGKILL: what it started follows) if the test fails."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _wait_for_output(proc: subprocess.Popen, log: Path, text: str, what: str, timeout: float = 300) -> None:
     """Wait until run-local's output (written to ``log``) shows ``text``."""
     deadline = time.monotonic() + timeout
@@ -133,15 +147,14 @@ def _wait_for_output(proc: subprocess.Popen, log: Path, text: str, what: str, ti
 def test_ctrl_c_stops_every_local_process(tmp_path, helm4):
     values = {"training": {"args": {"max_steps": 5000, "save_steps": 1000, "logging_steps": 1}}, "data": {"maxSeqLength": 64}}
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(values))
-    log = open(tmp_path / "out.log", "w")
-    proc = subprocess.Popen([LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "override.yaml"),
-                             "--workdir", str(tmp_path / "work")], env=_env(tmp_path, helm4), stdout=log,
-                            stderr=subprocess.STDOUT)
-    _wait_for_output(proc, tmp_path / "out.log", "step 2/5000", "training did not start")
-    children = _descendants(proc.pid)
-    assert len(children) >= 4  # SeaweedFS, 2 launchers, their workers
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(120) == 130, (tmp_path / "out.log").read_text()[-4000:]
+    command = [LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "override.yaml"),
+               "--workdir", str(tmp_path / "work")]
+    with _started(command, _env(tmp_path, helm4), tmp_path / "out.log") as proc:
+        _wait_for_output(proc, tmp_path / "out.log", "step 2/5000", "training did not start")
+        children = _descendants(proc.pid)
+        assert len(children) >= 4  # SeaweedFS, 2 launchers, their workers
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 130, (tmp_path / "out.log").read_text()[-4000:]
     time.sleep(0.5)
     alive = [p for p in children if Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text().lower()]
     assert alive == [], f"left running: {alive}"
@@ -167,21 +180,20 @@ def test_sigkill_of_run_local_stops_every_process_and_the_workdir_is_locked_till
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(values))
     command = [LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "override.yaml"),
                "--workdir", str(tmp_path / "work")]
-    log = open(tmp_path / "out.log", "w")
-    proc = subprocess.Popen(command, env=_env(tmp_path, helm4), stdout=log, stderr=subprocess.STDOUT)
-    _wait_for_output(proc, tmp_path / "out.log", "step 2/5000", "training did not start")
+    with _started(command, _env(tmp_path, helm4), tmp_path / "out.log") as proc:
+        _wait_for_output(proc, tmp_path / "out.log", "step 2/5000", "training did not start")
 
-    second_env = {**_env(tmp_path, helm4), "LLM_FINETUNE_TERMINATION_LOG": str(tmp_path / "second.termination-log")}
-    second = subprocess.run(command, env=second_env, capture_output=True, text=True, timeout=120)
-    assert second.returncode == 1, second.stdout + second.stderr
-    message = (tmp_path / "second.termination-log").read_text()
-    assert message.startswith(f"run-local: {tmp_path / 'work'} is in use by another run-local (PID {proc.pid} since ")
-    assert "[master-0/" not in second.stdout  # it started nothing
+        second_env = {**_env(tmp_path, helm4), "LLM_FINETUNE_TERMINATION_LOG": str(tmp_path / "second.termination-log")}
+        second = subprocess.run(command, env=second_env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 1, second.stdout + second.stderr
+        message = (tmp_path / "second.termination-log").read_text()
+        assert message.startswith(f"run-local: {tmp_path / 'work'} is in use by another run-local (PID {proc.pid} since ")
+        assert "[master-0/" not in second.stdout  # it started nothing
 
-    children = _descendants(proc.pid)
-    assert len(children) >= 4  # SeaweedFS, 2 launchers, their workers (each in a session of its own)
-    proc.kill()  # SIGKILL
-    proc.wait()
+        children = _descendants(proc.pid)
+        assert len(children) >= 4  # SeaweedFS, 2 launchers, their workers (each in a session of its own)
+        proc.kill()  # SIGKILL
+        proc.wait()
     deadline = time.monotonic() + 120
     while _alive(children) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -195,14 +207,13 @@ def test_sigkill_of_run_local_stops_every_process_and_the_workdir_is_locked_till
 def test_sigterm_stops_run_local_with_143_and_every_process(tmp_path, helm4):
     """SIGTERM (e.g. ``timeout``, a CI runner cancelling) as soon as the first pod runs: every process it started
     stops, one line, run-local's termination message and exit 143, as for the commands of the pods."""
-    log = open(tmp_path / "out.log", "w")
-    proc = subprocess.Popen([LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "--workdir", str(tmp_path / "work")],
-                            env=_env(tmp_path, helm4), stdout=log, stderr=subprocess.STDOUT)
-    _wait_for_output(proc, tmp_path / "out.log", "[master-0/storage-initializer]", "no pod started")
-    children = _descendants(proc.pid)
-    assert len(children) >= 2  # SeaweedFS and the Master's initializer at least
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(120) == 143, (tmp_path / "out.log").read_text()[-4000:]
+    command = [LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "--workdir", str(tmp_path / "work")]
+    with _started(command, _env(tmp_path, helm4), tmp_path / "out.log") as proc:
+        _wait_for_output(proc, tmp_path / "out.log", "[master-0/storage-initializer]", "no pod started")
+        children = _descendants(proc.pid)
+        assert len(children) >= 2  # SeaweedFS and the Master's initializer at least
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 143, (tmp_path / "out.log").read_text()[-4000:]
     message = (tmp_path / "run-local.termination-log").read_text()
     assert message.startswith("run-local: stopped by SIGTERM"), message
     out = (tmp_path / "out.log").read_text()
