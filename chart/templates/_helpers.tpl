@@ -174,12 +174,30 @@ ConfigMap names). training.args/lora keep theirs: there a null drops a default, 
 {{- toYaml $out }}
 {{- end }}
 
+{{/*
+Whether the PyTorchJob has a Master replica: only where one pod must differ from the others —
+perPod mode with the claim at /output on rank 0 alone (a ReadWriteOnce claim cannot attach to
+several nodes) and more than one pod. Everywhere else every pod is an identical Worker and
+worker-0 is rank 0: the Training Operator v1.9 injects its init-pytorch container (alpine:3.10
+from Docker Hub, no securityContext: rejected under Pod Security "restricted") only into the
+Workers of a job that has a Master
+(kubeflow/training-operator@v1.9.0:pkg/controller.v1/pytorch/initcontainer.go:116-134).
+*/}}
+{{- define "llm-finetune.hasMaster" -}}
+{{- if and (eq .Values.storage.mode "perPod") .Values.storage.perPod.outputToClaim (gt (int .Values.job.numWorkers) 1) }}true{{ end }}
+{{- end }}
+
+{{/* Name of the pod with rank 0 (logs, the output): <job>-master-0 or <job>-worker-0. */}}
+{{- define "llm-finetune.rank0Pod" -}}
+{{- printf "%s-%s-0" (include "llm-finetune.jobName" .) (ternary "master" "worker" (eq (include "llm-finetune.hasMaster" .) "true")) }}
+{{- end }}
+
 {{/* config.yaml: the one contract both images read (llm_finetune.config.load_config). No secrets. */}}
 {{- define "llm-finetune.config" -}}
 {{- $paths := dict "workspace" "/workspace" "model" "/workspace/model" "dataset" "/workspace/dataset" "cache" "/workspace/cache" "run" (include "llm-finetune.runPath" .) }}
 {{- $config := dict
   "apiVersion" "llm-finetune/v1"
-  "run" (dict "name" (include "llm-finetune.jobName" .) "id" (include "llm-finetune.runId" .))
+  "run" (include "llm-finetune.runSection" . | fromYaml)
   "paths" $paths
   "storage" (dict "mode" .Values.storage.mode)
   "model" (include "llm-finetune.withoutNulls" .Values.model | fromYaml)
@@ -189,6 +207,15 @@ ConfigMap names). training.args/lora keep theirs: there a null drops a default, 
   "output" (include "llm-finetune.withoutNulls" .Values.output | fromYaml)
   "download" (include "llm-finetune.withoutNulls" .Values.download | fromYaml) }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/* config.yaml's run: the job's name, runId and the retry budget (core/attempts.py). */}}
+{{- define "llm-finetune.runSection" -}}
+{{- $run := dict "name" (include "llm-finetune.jobName" .) "id" (include "llm-finetune.runId" .) }}
+{{- if not (kindIs "invalid" .Values.job.runPolicy.backoffLimit) }}
+{{- $_ := set $run "backoffLimit" (int64 .Values.job.runPolicy.backoffLimit) }}
+{{- end }}
+{{- toYaml $run }}
 {{- end }}
 
 {{/* First 10 hex characters of the config's sha256: names the ConfigMap, annotates the pods. */}}

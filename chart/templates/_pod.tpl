@@ -46,7 +46,7 @@ A container running `llm-finetune <command> --config <configDir>/config.yaml <fl
 (dict "root" $ "name" <name> "image" .Values.images.<name> "command" <subcommand>
       "flags" <list, optional> "env" <EnvVar list as YAML text> "resources" <resources value>
       (command "": no command, env and resources: a TrainJob's spec.trainer sets them)
-      "configDir" <default /etc/llm-finetune>
+      "configDir" <default /etc/llm-finetune> "ports" <list of ContainerPort, optional>
       "mounts" <VolumeMounts before config and /tmp> "mountsAfter" <VolumeMounts after them>).
 Mounts are dicts of name, mountPath and readOnly. The root filesystem is read-only (the
 securityContext): /tmp is the one writable place, so HOME and the caches live there.
@@ -60,6 +60,10 @@ securityContext): /tmp is the one writable place, so HOME and the caches live th
   {{- if .command }}
   command:
     {{- toYaml (concat (list "llm-finetune" .command "--config" (printf "%s/config.yaml" $configDir)) (.flags | default list)) | nindent 4 }}
+  {{- with .ports }}
+  ports:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   env:
     {{- .env | nindent 4 }}
   resources:
@@ -78,13 +82,22 @@ securityContext): /tmp is the one writable place, so HOME and the caches live th
     {{- end }}
 {{- end }}
 
-{{/* The volumes of the config and /tmp mounts of llm-finetune.container: (dict "configMap" <name>). */}}
+{{/*
+The volumes of the config and /tmp mounts of llm-finetune.container:
+(dict "configMap" <name> "tmpSizeLimit" <quantity, optional>). Past its sizeLimit the kubelet
+evicts the pod, instead of the node running out of disk for every pod on it.
+*/}}
 {{- define "llm-finetune.podVolumes" -}}
 - name: config
   configMap:
     name: {{ .configMap }}
 - name: tmp
+  {{- if .tmpSizeLimit }}
+  emptyDir:
+    sizeLimit: {{ .tmpSizeLimit }}
+  {{- else }}
   emptyDir: {}
+  {{- end }}
 {{- end }}
 
 {{/*

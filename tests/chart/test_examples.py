@@ -21,7 +21,8 @@ EXAMPLES_DIR = REPO / "values-examples"
 ARGOCD_APP = EXAMPLES_DIR / "argocd" / "application.yaml"
 CRD = REPO.parent / "shared" / "kubeflow" / "kubeflow.org_pytorchjobs.yaml"
 K8S_VERSION = "1.30.0"
-CORE_KINDS = {"PersistentVolumeClaim", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Pod"}
+CORE_KINDS = {"PersistentVolumeClaim", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "Job", "Pod",
+              "ClusterRole", "ClusterRoleBinding"}  # the preflight reads the namespace (Master topology only)
 
 
 def _argocd_values(tmp_dir: Path) -> Path:

@@ -13,7 +13,8 @@ from llm_finetune.core.errors import UserError
 from llm_finetune.core.helm import template
 
 INIT_CMD = ["llm-finetune", "initialize", "--config", "/etc/llm-finetune/config.yaml"]
-TRAIN_CMD = ["llm-finetune", "launch", "--config", "/etc/llm-finetune/config.yaml"]
+OUTCOME = "/tmp/llm-finetune/initializer-outcome.json"
+TRAIN_CMD = ["llm-finetune", "launch", "--config", "/etc/llm-finetune/config.yaml", "--initializer-outcome", OUTCOME]
 SECRET_ENV = {"HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 SECRETS = {"secrets": {"hf": {"existingSecret": "hf-token"},
                        "s3": {"existingSecret": "s3-creds", "sessionTokenKey": "session"}}}
@@ -34,15 +35,19 @@ def all_containers(spec):
 # --------------------------------------------------------------------------- replicas
 @pytest.mark.parametrize("workers, nproc, want_nproc", [(1, 1, "1"), (2, "auto", "auto"), (5, 4, "4")])
 def test_replicas_and_nproc_per_node(helm, workers, nproc, want_nproc):
-    job = pytorchjob(render(helm, {"job": {"numWorkers": workers, "nprocPerNode": nproc}}))
+    """Shared mode: Workers only (no Master, so the operator injects no init-pytorch); perPod with the
+    claim and several pods: Master + Workers (the claim at /output on the Master alone)."""
+    values = {"job": {"numWorkers": workers, "nprocPerNode": nproc}, "storage": {"accessModes": ["ReadWriteMany"]}}
+    job = pytorchjob(render(helm, values))
     specs = job["spec"]["pytorchReplicaSpecs"]
-    assert specs["Master"]["replicas"] == 1
-    if workers == 1:
-        assert "Worker" not in specs
-    else:
-        assert specs["Worker"]["replicas"] == workers - 1
+    assert list(specs) == ["Worker"] and specs["Worker"]["replicas"] == workers
     assert job["spec"]["nprocPerNode"] == want_nproc  # a string, as the SDK sets it
     assert {s["restartPolicy"] for s in specs.values()} == {"ExitCode"}
+    per_pod = pytorchjob(render(helm, {**values, "storage": {"mode": "perPod"}}))["spec"]["pytorchReplicaSpecs"]
+    if workers == 1:
+        assert list(per_pod) == ["Worker"] and per_pod["Worker"]["replicas"] == 1
+    else:
+        assert per_pod["Master"]["replicas"] == 1 and per_pod["Worker"]["replicas"] == workers - 1
 
 
 def test_run_policy_restart_policy_and_scheduling(helm):
@@ -52,10 +57,11 @@ def test_run_policy_restart_policy_and_scheduling(helm):
                       "nodeSelector": {"pool": "gpu"}, "tolerations": [{"key": "gpu", "operator": "Exists"}],
                       "affinity": {"nodeAffinity": {}}, "priorityClassName": "high", "schedulerName": "volcano",
                       "terminationGracePeriodSeconds": 600}}
-    docs = render(helm, values)
+    docs = render(helm, {**values, "storage": {"mode": "perPod"}})
     job = pytorchjob(docs)
     assert job["spec"]["runPolicy"] == {"cleanPodPolicy": "All", "ttlSecondsAfterFinished": 0,
                                         "activeDeadlineSeconds": 3600, "backoffLimit": 1}
+    assert job_config(docs).run.backoff_limit == 1  # the pods count their own retries against it
     for role in ("Master", "Worker"):
         assert job["spec"]["pytorchReplicaSpecs"][role]["restartPolicy"] == "OnFailure"
         spec = pod_spec(docs, role)
@@ -66,38 +72,46 @@ def test_run_policy_restart_policy_and_scheduling(helm):
         # torchrun gives the workers the grace period, less a margin, to checkpoint after SIGTERM
         assert env(container(spec, "pytorch"))["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"] == "590"
     for grace, want in ((12, "5"), (3, "3"), (0, "0")):  # never longer than the grace period
-        assert env(container(pod_spec(render(helm, {"job": {"terminationGracePeriodSeconds": grace}}), "Master"),
+        assert env(container(pod_spec(render(helm, {"job": {"terminationGracePeriodSeconds": grace}})),
                              "pytorch"))["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"] == want
-    # nulls (the defaults) are left out rather than rendered as null
-    assert pytorchjob(render(helm))["spec"]["runPolicy"] == {"cleanPodPolicy": "None", "backoffLimit": 3}
+    # nulls (the defaults) are left out rather than rendered as null; pods still running when the job
+    # ends are deleted (their GPUs freed), finished ones stay for their logs
+    assert pytorchjob(render(helm))["spec"]["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 3}
+    assert job_config(render(helm, {"job": {"runPolicy": {"backoffLimit": None}}})).run.backoff_limit is None
 
 
 # --------------------------------------------------------------------------- containers & storage
-def test_shared_mode_initializer_on_master_workers_wait_read_only(helm):
-    docs = render(helm, {"job": {"numWorkers": 3}})
-    master, worker = pod_spec(docs, "Master"), pod_spec(docs, "Worker")
+def test_shared_mode_every_pod_mounts_the_claim_and_pod_0_fills_it(helm):
+    docs = render(helm, {"job": {"numWorkers": 3}, "storage": {"accessModes": ["ReadWriteMany"]}})
+    spec = pod_spec(docs, "Worker")  # the one template of every pod
     claim = "ft-llm-finetune-workspace"
-    for spec in (master, worker):
-        assert [c["name"] for c in spec["initContainers"]] == ["storage-initializer"]
-        assert [c["name"] for c in spec["containers"]] == ["pytorch"]
-        assert volumes(spec)["workspace"]["persistentVolumeClaim"]["claimName"] == claim
-        assert container(spec, "pytorch")["command"] == TRAIN_CMD
-    assert container(master, "storage-initializer")["command"] == INIT_CMD
-    assert container(worker, "storage-initializer")["command"] == INIT_CMD + ["--wait"]
-    for c in all_containers(master):
+    assert [c["name"] for c in spec["initContainers"]] == ["storage-initializer"]
+    assert [c["name"] for c in spec["containers"]] == ["pytorch"]
+    assert volumes(spec)["workspace"]["persistentVolumeClaim"] == {"claimName": claim}
+    assert container(spec, "pytorch")["command"] == TRAIN_CMD
+    # the pod with replica index 0 fills the claim, the others wait; the outcome goes to the pytorch container
+    assert container(spec, "storage-initializer")["command"] == INIT_CMD + ["--shared", "--outcome", OUTCOME]
+    e = env(container(spec, "storage-initializer"))
+    assert e["LLM_FINETUNE_POD_INDEX"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.labels['training.kubeflow.org/replica-index']"}}
+    for c in all_containers(spec):
         assert not mounts(c)["/workspace"].get("readOnly")
-    # the claim is attached read-only on Workers (volume level), not only mounted read-only
-    assert volumes(worker)["workspace"]["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
-    for c in all_containers(worker):
-        assert mounts(c)["/workspace"]["readOnly"] is True
         assert mounts(c)["/etc/llm-finetune"]["readOnly"] is True
-    assert "output" not in volumes(master)
+    assert "output" not in volumes(spec)
     cfg = job_config(docs)
     assert (cfg.storage.mode, cfg.paths.run) == ("shared", "/workspace/runs/ft-llm-finetune")
     pvc = one(docs, "PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == claim
-    assert pvc["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}
+    assert pvc["spec"] == {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}}
+
+
+def test_a_kept_claim_survives_helm_uninstall_and_argo_cd_pruning(helm):
+    """Argo CD honours helm.sh/resource-policy only when the Application is deleted
+    (argo-cd@v3.5.1:controller/appcontroller.go:1252-1261); a sync prunes by sync-options only
+    (gitops-engine/pkg/sync/sync_context.go:1454-1459)."""
+    pvc = one(render(helm), "PersistentVolumeClaim")
+    assert pvc["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep",
+                                              "argocd.argoproj.io/sync-options": "Prune=false,Delete=false"}
+    assert "annotations" not in one(render(helm, {"storage": {"keep": False}}), "PersistentVolumeClaim")["metadata"]
 
 
 def test_created_claim_settings(helm):
@@ -112,8 +126,7 @@ def test_created_claim_settings(helm):
 def test_existing_claim(helm):
     docs = render(helm, {"storage": {"existingClaim": "models"}, "job": {"numWorkers": 2}})
     assert find(docs, "PersistentVolumeClaim") == []
-    for role in ("Master", "Worker"):
-        assert volumes(pod_spec(docs, role))["workspace"]["persistentVolumeClaim"]["claimName"] == "models"
+    assert volumes(pod_spec(docs, "Worker"))["workspace"]["persistentVolumeClaim"]["claimName"] == "models"
     test_pod = one(docs, "Pod", hook="test")
     assert volumes(test_pod["spec"])["claim"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
     preflight = one(docs, "Role", hook="pre-install,pre-upgrade")
@@ -130,12 +143,12 @@ def test_per_pod_storage_mode(helm):
         assert template["spec"] == {"accessModes": ["ReadWriteOnce"], "storageClassName": "local",
                                     "resources": {"requests": {"storage": "30Gi"}}}
         # every pod fills its own volume: same command, nothing read-only, no waiting
-        assert container(spec, "storage-initializer")["command"] == INIT_CMD
+        assert container(spec, "storage-initializer")["command"] == INIT_CMD + ["--outcome", OUTCOME]
         assert not any(mounts(c)["/workspace"].get("readOnly") for c in all_containers(spec))
-    # the claim only on the Master's trainer, at /output
+    # the claim only on the Master, at /output (its initializer counts the pod's attempts there)
     assert volumes(master)["output"]["persistentVolumeClaim"] == {"claimName": "ft-llm-finetune-workspace"}
     assert "/output" in mounts(container(master, "pytorch"))
-    assert "/output" not in mounts(container(master, "storage-initializer"))
+    assert "/output" in mounts(container(master, "storage-initializer"))
     assert "output" not in volumes(worker)
     cfg = job_config(docs)
     assert (cfg.storage.mode, cfg.paths.run) == ("perPod", "/output/runs/ft-llm-finetune")
@@ -167,7 +180,12 @@ def test_volumes_tmp_shm_and_config(helm):
     spec = pod_spec(docs)
     vols = volumes(spec)
     assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
-    assert vols["tmp"]["emptyDir"] == {}
+    # /tmp is bounded (eviction instead of a full node disk) and requested as ephemeral storage
+    assert vols["tmp"]["emptyDir"] == {"sizeLimit": "10Gi"}
+    assert container(spec, "pytorch")["resources"]["requests"]["ephemeral-storage"] == "10Gi"
+    spec2 = pod_spec(render(helm, {"job": {"tmpSizeLimit": "50Gi", "resources": {"requests": {"ephemeral-storage": "60Gi"}}}}))
+    assert volumes(spec2)["tmp"]["emptyDir"] == {"sizeLimit": "50Gi"}
+    assert container(spec2, "pytorch")["resources"] == {"requests": {"ephemeral-storage": "60Gi"}}
     assert vols["config"]["configMap"]["name"] == job_configmap(docs)["metadata"]["name"]
     assert mounts(container(spec, "pytorch"))["/dev/shm"]["name"] == "dshm"
     for c in all_containers(spec):
@@ -182,7 +200,7 @@ def test_configmap_is_immutable_named_by_its_checksum(helm):
     assert cm["immutable"] is True
     checksum = cm["metadata"]["name"].rsplit("-", 1)[1]
     assert re.fullmatch(r"[0-9a-f]{10}", checksum) and cm["metadata"]["name"] == f"ft-llm-finetune-config-{checksum}"
-    for role in ("Master",):
+    for role in ("Worker",):
         template = pytorchjob(docs)["spec"]["pytorchReplicaSpecs"][role]["template"]
         assert template["metadata"]["annotations"]["checksum/config"] == checksum
     changed = job_configmap(render(helm, {"training": {"args": {"num_train_epochs": 2}}}))
@@ -202,7 +220,7 @@ def test_config_holds_no_secrets_and_null_removes_a_default(helm):
 
 # --------------------------------------------------------------------------- secrets & env
 def test_secrets_only_by_reference(helm):
-    docs = render(helm, {**SECRETS, "job": {"numWorkers": 2}})
+    docs = render(helm, {**SECRETS, "job": {"numWorkers": 2}, "storage": {"mode": "perPod"}})
     for where, spec in all_pod_specs(docs):
         for c in all_containers(spec):
             for var in c.get("env") or []:
@@ -255,14 +273,57 @@ def test_common_env_and_extra_env_per_container(helm):
 ])
 def test_trainer_resources_shorthand_and_full_form(helm, given, want):
     spec = pod_spec(render(helm, {"job": {"resources": given}}))
+    want = {**want, "requests": {**want.get("requests", {}), "ephemeral-storage": "10Gi"}}  # job.tmpSizeLimit
     assert container(spec, "pytorch")["resources"] == want
     assert container(spec, "storage-initializer")["resources"] == {
         "requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
 
 
 # --------------------------------------------------------------------------- security
+def as_created_by_the_operator(docs):
+    """(where, pod spec) of every job pod with what Training Operator v1.9 adds: init-pytorch on Workers
+    when a Master exists (the local model of pkg/controller.v1/pytorch/initcontainer.go)."""
+    from llm_finetune.local import operator_v1 as op
+
+    job = op.JobSpec.from_manifest(pytorchjob(docs))
+    out = []
+    for role, replica in job.replicas.items():
+        spec = dict(replica.template["spec"])
+        spec["initContainers"] = list(spec.get("initContainers") or []) + op.injected_init_containers(job, role)
+        out.append((f"job/{role}", spec))
+    return out
+
+
+PSS_RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+@pytest.mark.parametrize("values", [
+    {"job": {"numWorkers": 4}, "storage": {"accessModes": ["ReadWriteMany"]}},  # shared: Workers only
+    {"job": {"numWorkers": 4}, "storage": {"mode": "perPod", "perPod": {"outputToClaim": False}},
+     "output": {"export": {"uri": "s3://bucket/out"}}},
+    {"job": {"numWorkers": 1}, "storage": {"mode": "perPod"}},
+], ids=["shared", "perpod-export", "perpod-1-pod"])
+def test_multinode_pods_are_pss_restricted_and_pull_only_from_the_registry_as_the_operator_creates_them(helm, values):
+    """No Master replica, so the operator injects nothing: every container of every pod the operator
+    creates passes Pod Security "restricted" and comes from global.imageRegistry."""
+    docs = render(helm, {**values, "global": {"imageRegistry": "mirror.local:5000"}})
+    for where, spec in as_created_by_the_operator(docs):
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in all_containers(spec):
+            assert PSS_RESTRICTED_CONTAINER.items() <= (c.get("securityContext") or {}).items(), (where, c["name"])
+            assert c["image"].startswith("mirror.local:5000/"), (where, c["name"], c["image"])
+
+
+def test_only_a_per_pod_master_topology_gets_the_operators_init_container_and_the_chart_says_so(helm):
+    docs = render(helm, {"job": {"numWorkers": 3}, "storage": {"mode": "perPod"}})
+    injected = [c for _, spec in as_created_by_the_operator(docs) for c in spec["initContainers"] if c["name"] == "init-pytorch"]
+    assert injected and all(c["image"] == "alpine:3.10" and "securityContext" not in c for c in injected)
+    # so the preflight reads the namespace's Pod Security level (and the validator warns)
+    assert env(one(docs, "Job", hook=PREFLIGHT)["spec"]["template"]["spec"]["containers"][0])["PREFLIGHT_POD_SECURITY"]["value"] == "true"
+
+
 def test_restricted_security_everywhere(helm):
-    docs = render(helm, {"job": {"numWorkers": 2}})
+    docs = render(helm, {"job": {"numWorkers": 2}, "storage": {"mode": "perPod"}})
     for where, spec in all_pod_specs(docs):
         assert spec["securityContext"]["runAsNonRoot"] is True, where
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
@@ -273,11 +334,15 @@ def test_restricted_security_everywhere(helm):
             assert c["terminationMessagePolicy"] == "FallbackToLogsOnError", where
             assert mounts(c)["/tmp"]["name"] == "tmp", where  # something writable for HOME and caches
         if where.startswith("job/"):
-            assert spec["automountServiceAccountToken"] is False
-            assert "serviceAccountName" not in spec
+            # the token only to post a failure Event on the job (job.failureEvents; Role: create events, get the job)
+            assert spec["automountServiceAccountToken"] is True and spec["serviceAccountName"] == "ft-llm-finetune"
     for hook in ("Job", "Pod"):  # the hooks call the API
         assert all(d["spec"].get("automountServiceAccountToken", d["spec"].get("template", {}).get("spec", {})
                                  .get("automountServiceAccountToken")) for d in find(docs, hook))
+    quiet = render(helm, {"job": {"failureEvents": False}})
+    assert pod_spec(quiet)["automountServiceAccountToken"] is False
+    assert env(container(pod_spec(quiet), "pytorch"))["LLM_FINETUNE_JOB_EVENTS"]["value"] == "false"
+    assert not [d for d in quiet if d["kind"] in ("Role", "RoleBinding") and not (d["metadata"].get("annotations") or {}).get("helm.sh/hook")]
 
 
 def test_service_account(helm):
@@ -288,9 +353,11 @@ def test_service_account(helm):
     assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}
     assert sa["automountServiceAccountToken"] is False
     assert pod_spec(docs)["serviceAccountName"] == "ft-llm-finetune"
-    docs = render(helm, {"serviceAccount": {"name": "existing"}})
+    docs = render(helm, {"serviceAccount": {"create": False, "name": "existing"}})
     assert find(docs, "ServiceAccount", hook="") == []
     assert pod_spec(docs)["serviceAccountName"] == "existing"
+    # the failure-Event Role is bound to whichever account the pods use
+    assert one(docs, "RoleBinding")["subjects"][0]["name"] == "existing"
 
 
 # --------------------------------------------------------------------------- names
@@ -342,8 +409,8 @@ def test_labels(helm):
         assert want.items() <= doc["metadata"]["labels"].items(), doc["kind"]
     assert job["metadata"]["labels"]["team"] == "ml"
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-q"
-    assert job["metadata"]["annotations"] == {"owner": "me"}
-    meta = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]
+    assert job["metadata"]["annotations"] == {"owner": "me", "llm-finetune.io/spec-checksum": job["metadata"]["annotations"]["llm-finetune.io/spec-checksum"]}
+    meta = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["metadata"]
     assert want.items() <= meta["labels"].items() and meta["labels"]["cost-center"] == "42"
     assert meta["labels"]["app.kubernetes.io/component"] == "trainer"
     assert meta["annotations"]["sidecar.istio.io/inject"] == "false" and meta["annotations"]["x/y"] == "z"
@@ -382,12 +449,15 @@ PREFLIGHT = "pre-install,pre-upgrade"
 
 
 def test_preflight_hook(helm):
-    docs = render(helm, {**SECRETS, "storage": {"existingClaim": "models"}, "job": {"numWorkers": 3},
+    docs = render(helm, {**SECRETS, "storage": {"existingClaim": "models", "mode": "perPod"}, "job": {"numWorkers": 3},
                          "preflight": {"annotations": {"argocd.argoproj.io/hook": "PreSync"}}})
     hooks = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == PREFLIGHT]
-    assert sorted(d["kind"] for d in hooks) == ["ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
+    # a Master topology (perPod, claim, 3 pods): the namespace's Pod Security label is read (a ClusterRole)
+    assert sorted(d["kind"] for d in hooks) == ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Job", "Role",
+                                                "RoleBinding", "ServiceAccount"]
     weight = {d["kind"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"]) for d in hooks}
     assert weight["ConfigMap"] < weight["RoleBinding"] < weight["Job"] and weight["ServiceAccount"] < weight["RoleBinding"]
+    assert weight["ClusterRole"] < weight["ClusterRoleBinding"] < weight["Job"]
     for d in hooks:
         ann = d["metadata"]["annotations"]
         assert ann["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
@@ -414,13 +484,19 @@ def test_preflight_hook(helm):
     assert mounts(c)["/etc/llm-finetune-preflight"]["readOnly"] is True
     assert one(docs, "ConfigMap", hook=PREFLIGHT)["data"] == job_configmap(docs)["data"]
     role = one(docs, "Role", hook=PREFLIGHT)
+    job_rule = {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "resourceNames": ["ft-llm-finetune"], "verbs": ["get"]}
+    own_binding = {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "resourceNames": [name],
+                   "verbs": ["delete"]}
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hf-token", "s3-creds"], "verbs": ["get"]},
-        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "resourceNames": ["models"], "verbs": ["get"]}]
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "resourceNames": ["models"], "verbs": ["get"]},
+        job_rule, own_binding]
     binding = one(docs, "RoleBinding", hook=PREFLIGHT)
     assert binding["roleRef"]["name"] == name and binding["subjects"][0]["name"] == name
-    # nothing referenced: no rules at all
-    assert one(render(helm), "Role", hook=PREFLIGHT)["rules"] == []
+    assert e["PREFLIGHT_RBAC"]["value"] == f"{name} default-{name}" and e["PREFLIGHT_POD_SECURITY"]["value"] == "true"
+    assert e["PREFLIGHT_SPEC_CHECKSUM"]["value"] == pytorchjob(docs)["metadata"]["annotations"]["llm-finetune.io/spec-checksum"]
+    # nothing referenced: only the live job's spec and its own cleanup
+    assert one(render(helm), "Role", hook=PREFLIGHT)["rules"] == [job_rule, own_binding]
     assert find(render(helm, {"preflight": {"enabled": False}}), "Job") == []
 
 

@@ -22,16 +22,25 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "values-examples"
 INTENDED_DIFFERENCES = {
     "volume-name": "the claim's pod volume is named 'workspace', not 'storage-initializer'",
     "claim-name": "the claim is <fullname>-workspace per release, not per job: a new runId reuses the downloads",
-    "worker-init": "Workers get an init container `initialize --wait`: they start training only after the "
-                   "Master's download is complete (the v1 reference lets them race a half-written volume)",
-    "worker-read-only": "Workers mount the claim read-only in shared mode, and attach it read-only (volume readOnly)",
+    "topology": "num_workers pods are all `Worker` replicas (worker-0 is rank 0), not a Master + num_workers-1 "
+                "Workers: without a Master the Training Operator injects no init-pytorch container (alpine:3.10 from "
+                "Docker Hub, no securityContext), so the pods pass Pod Security \"restricted\" and pull nothing from "
+                "outside global.imageRegistry (a Master only in perPod mode with the claim and several pods)",
+    "init-every-pod": "every pod runs the storage-initializer (`initialize --shared --outcome ...`): pod 0 fills the "
+                      "claim, the others wait for its manifests (the v1 reference: the Master only; Workers race a "
+                      "half-written volume); its outcome ends the pytorch container, whose exit code the operator reads",
+    "access-modes": "several pods sharing the claim need ReadWriteMany: the SDK's [ReadWriteOnce, ReadOnlyMany] is "
+                    "refused by common drivers (aws-ebs-csi-driver, local-path-provisioner)",
     "argv": "containers run `command` with --config (a ConfigMap), not JSON blobs in args",
     "secrets": "tokens and keys are env from secretKeyRef, never in argv (the v1 reference puts them in args)",
     "extra-volumes": "config (ConfigMap), tmp (emptyDir for the read-only root filesystem), dshm (/dev/shm)",
     "images": "the chart's initializer and trainer images",
     "pod-hardening": "restricted securityContext, env (HOME, caches under /tmp), terminationMessagePolicy, "
-                     "automountServiceAccountToken false, terminationGracePeriodSeconds, checksum/config annotation",
-    "run-policy": "runPolicy cleanPodPolicy None (the operator's default made explicit) and backoffLimit 3",
+                     "terminationGracePeriodSeconds, checksum/config annotation, the chart's ServiceAccount (its token "
+                     "only to post a failure Event on the job), /tmp bounded and requested as ephemeral-storage",
+    "run-policy": "runPolicy cleanPodPolicy Running (the pods of a finished job free their GPUs) and backoffLimit 3 "
+                  "(retries without progress, counted by the pods: the operator ignores it under ExitCode)",
+    "spec-checksum": "the PyTorchJob carries llm-finetune.io/spec-checksum: the preflight refuses a changed spec for a live run",
     "restart-policy": "restartPolicy ExitCode (the v1 reference leaves the operator's default, Never)",
     "labels": "app.kubernetes.io/* and helm.sh/chart labels added to the given ones",
     "output-dir": "TrainingArguments.output_dir is chart-managed (paths.run), not a user parameter",
@@ -164,6 +173,12 @@ def _str_quantities(resources: dict) -> dict:
     return {kind: {k: str(v) for k, v in (lst or {}).items()} for kind, lst in (resources or {}).items()}
 
 
+def our_template(docs, role: str) -> dict:
+    """Our pod template standing for the SDK's ``role`` ("topology": every pod is a Worker)."""
+    specs = pytorchjob(docs)["spec"]["pytorchReplicaSpecs"]
+    return specs.get(role, specs["Worker"])["template"]
+
+
 def test_job_metadata_replicas_and_nproc(pair):
     sdk, ours = pair["sdk_job"], pytorchjob(pair["docs"])
     assert (ours["apiVersion"], ours["kind"]) == (sdk["apiVersion"], sdk["kind"])
@@ -173,35 +188,38 @@ def test_job_metadata_replicas_and_nproc(pair):
     assert (sdk["metadata"].get("labels") or {}).items() <= ours["metadata"]["labels"].items()
     assert set(ours["metadata"]["labels"]) - set(sdk["metadata"].get("labels") or {}) >= {
         "app.kubernetes.io/name", "app.kubernetes.io/instance", "helm.sh/chart"}
-    assert ours["metadata"].get("annotations") == sdk["metadata"].get("annotations")
+    annotations = dict(ours["metadata"]["annotations"])
+    assert len(annotations.pop("llm-finetune.io/spec-checksum")) == 64  # "spec-checksum"
+    assert annotations == (sdk["metadata"].get("annotations") or {})
     assert ours["spec"]["nprocPerNode"] == sdk["spec"]["nprocPerNode"]
     sdk_specs, our_specs = sdk["spec"]["pytorchReplicaSpecs"], ours["spec"]["pytorchReplicaSpecs"]
-    assert {r: s["replicas"] for r, s in our_specs.items()} == {r: s["replicas"] for r, s in sdk_specs.items()}
+    # "topology": the same number of pods, all Workers
+    assert list(our_specs) == ["Worker"] and "Master" in sdk_specs
+    assert our_specs["Worker"]["replicas"] == sum(s["replicas"] for s in sdk_specs.values()) == pair["sdk_kwargs"]["num_workers"]
     # "run-policy" and "restart-policy"
-    assert sdk["spec"]["runPolicy"] == {} and ours["spec"]["runPolicy"]["cleanPodPolicy"] == "None"
+    assert sdk["spec"]["runPolicy"] == {} and ours["spec"]["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 3}
     assert all("restartPolicy" not in s for s in sdk_specs.values())
     assert {s["restartPolicy"] for s in our_specs.values()} == {"ExitCode"}
 
 
 def test_pod_templates_containers_resources_and_init_placement(pair):
     sdk_specs = pair["sdk_job"]["spec"]["pytorchReplicaSpecs"]
-    our_specs = pytorchjob(pair["docs"])["spec"]["pytorchReplicaSpecs"]
     for role, sdk_spec in sdk_specs.items():
-        sdk_pod, our_pod = sdk_spec["template"], our_specs[role]["template"]
+        sdk_pod, our_pod = sdk_spec["template"], our_template(pair["docs"], role)
         assert our_pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == \
             sdk_pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
         assert set(our_pod["metadata"]["annotations"]) == {"sidecar.istio.io/inject", "checksum/config"}
         sdk_c, our_c = sdk_pod["spec"]["containers"], our_pod["spec"]["containers"]
         assert [c["name"] for c in our_c] == [c["name"] for c in sdk_c] == ["pytorch"]
-        assert _str_quantities(our_c[0]["resources"]) == _str_quantities(sdk_c[0].get("resources"))
+        ours = _str_quantities(our_c[0]["resources"])
+        assert ours["requests"].pop("ephemeral-storage") == "10Gi"  # "pod-hardening": job.tmpSizeLimit
+        assert {k: v for k, v in ours.items() if v} == _str_quantities(sdk_c[0].get("resources"))
         sdk_init = [c["name"] for c in sdk_pod["spec"].get("initContainers") or []]
         our_init = our_pod["spec"]["initContainers"]
-        if role == "Master":
-            assert [c["name"] for c in our_init] == sdk_init == ["storage-initializer"]
-            assert "--wait" not in our_init[0]["command"]
-        else:  # "worker-init"
-            assert sdk_init == []
-            assert [c["name"] for c in our_init] == ["storage-initializer"] and our_init[0]["command"][-1] == "--wait"
+        assert sdk_init == (["storage-initializer"] if role == "Master" else [])
+        # "init-every-pod"
+        assert [c["name"] for c in our_init] == ["storage-initializer"]
+        assert our_init[0]["command"][4:] == ["--shared", "--outcome", "/tmp/llm-finetune/initializer-outcome.json"]
         # "argv": no JSON in argv; the v1 reference passes everything as args
         assert all("args" not in c for c in our_c + our_init)
         assert "args" in sdk_c[0] and "--training_parameters" in sdk_c[0]["args"]
@@ -211,29 +229,29 @@ def test_pod_templates_containers_resources_and_init_placement(pair):
 
 def test_volumes_and_mounts(pair):
     sdk_specs = pair["sdk_job"]["spec"]["pytorchReplicaSpecs"]
-    our_specs = pytorchjob(pair["docs"])["spec"]["pytorchReplicaSpecs"]
     sdk_claim = pair["sdk_pvc"]["metadata"]["name"]
     our_claim = one(pair["docs"], "PersistentVolumeClaim")["metadata"]["name"]
     assert sdk_claim == pair["sdk_kwargs"]["name"] and our_claim == sdk_claim + "-workspace"  # "claim-name"
     for role, sdk_spec in sdk_specs.items():
-        sdk_pod, our_pod = sdk_spec["template"]["spec"], our_specs[role]["template"]["spec"]
+        sdk_pod, our_pod = sdk_spec["template"]["spec"], our_template(pair["docs"], role)["spec"]
         assert volumes(sdk_pod) == {"storage-initializer": {
             "name": "storage-initializer", "persistentVolumeClaim": {"claimName": sdk_claim}}}
         ours = volumes(our_pod)
-        read_only = {"readOnly": True} if role == "Worker" else {}  # "worker-read-only"
-        assert ours["workspace"]["persistentVolumeClaim"] == {"claimName": our_claim, **read_only}  # "volume-name"
+        assert ours["workspace"]["persistentVolumeClaim"] == {"claimName": our_claim}  # "volume-name"
         assert set(ours) - {"workspace"} == {"config", "tmp", "dshm"}  # "extra-volumes"
         for sdk_c in (sdk_pod.get("initContainers") or []) + sdk_pod["containers"]:
             sdk_mount = mounts(sdk_c)["/workspace"]
             our_mount = mounts(container(our_pod, sdk_c["name"]))["/workspace"]
             assert (sdk_mount["mountPath"], sdk_mount.get("readOnly")) == ("/workspace", None)
-            assert our_mount["name"] == "workspace"
-            assert our_mount.get("readOnly") is (True if role == "Worker" else None)  # "worker-read-only"
+            assert (our_mount["name"], our_mount.get("readOnly")) == ("workspace", None)
 
 
 def test_pvc_spec(pair):
     sdk, ours = pair["sdk_pvc"], one(pair["docs"], "PersistentVolumeClaim")
-    assert ours["spec"]["accessModes"] == sdk["spec"]["accessModes"]
+    if sdk["spec"]["accessModes"] == ["ReadWriteOnce", "ReadOnlyMany"]:  # "access-modes"
+        assert ours["spec"]["accessModes"] == ["ReadWriteMany"]
+    else:
+        assert ours["spec"]["accessModes"] == sdk["spec"]["accessModes"]
     assert ours["spec"]["resources"] == sdk["spec"]["resources"]
     assert ours["spec"].get("storageClassName") == sdk["spec"].get("storageClassName")
     assert ours["metadata"]["namespace"] == sdk["metadata"]["namespace"]
@@ -241,8 +259,7 @@ def test_pvc_spec(pair):
 
 def test_env_and_secrets(pair):
     sdk_specs = pair["sdk_job"]["spec"]["pytorchReplicaSpecs"]
-    our_specs = pytorchjob(pair["docs"])["spec"]["pytorchReplicaSpecs"]
-    master_sdk, master_ours = sdk_specs["Master"]["template"]["spec"], our_specs["Master"]["template"]["spec"]
+    master_sdk, master_ours = sdk_specs["Master"]["template"]["spec"], our_template(pair["docs"], "Master")["spec"]
     for name in ("pytorch", "storage-initializer"):
         sdk_env = {e["name"]: e for e in container(master_sdk, name).get("env") or []}
         assert sdk_env.items() <= env(container(master_ours, name)).items(), name

@@ -19,6 +19,7 @@ SECRETS = {"secrets": {"hf": {"existingSecret": "hf-token"},
 CUSTOM = {
     **SECRETS,
     "job": {"numWorkers": 2, "podAnnotations": {"team": "ml"}},
+    "storage": {"mode": "perPod"},  # Master + Worker templates
     "imagePullSecrets": ["regcred"],
     "images": {"initializer": {"pullPolicy": "Always"}, "trainer": {"pullPolicy": "Never"}},
     "podSecurityContext": {"runAsNonRoot": True, "runAsUser": 4242, "fsGroup": 4242,
@@ -49,7 +50,8 @@ def test_every_pod_gets_the_common_pod_and_container_blocks(helm):
         assert spec["securityContext"] == {**DEFAULTS["podSecurityContext"], **CUSTOM["podSecurityContext"]}, where
         assert "automountServiceAccountToken" in spec, where
         vols = volumes(spec)
-        assert vols["tmp"] == {"name": "tmp", "emptyDir": {}}, where
+        # the job's pods bound their /tmp (job.tmpSizeLimit); the hooks' scratch is tiny
+        assert vols["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"} if where.startswith("job/") else {}}, where
         for c in list(spec.get("initContainers") or []) + spec["containers"]:
             what = f"{where}/{c['name']}"
             image = "trainer" if c["name"] in ("pytorch", "verify") else "initializer"
@@ -86,7 +88,7 @@ def secret_key_refs(spec):
                ("s3-creds", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"), ("s3-creds", "session", "AWS_SESSION_TOKEN")]),
 ])
 def test_one_secret_list_feeds_the_pods_and_the_preflight(helm, values, refs):
-    docs = render(helm, {**values, "job": {"numWorkers": 2}})
+    docs = render(helm, {**values, "job": {"numWorkers": 2}, "storage": {"mode": "perPod"}})
     for role in ("Master", "Worker"):
         spec = pod_spec(docs, role)
         assert secret_key_refs(spec) == refs * 2, role  # the initializer's, then the trainer's
@@ -132,7 +134,7 @@ WRITTEN_ONCE = {
     "imagePullPolicy": r"imagePullPolicy:",
     "terminationMessagePolicy": r"terminationMessagePolicy:",
     "the /tmp mount": r"mountPath: /tmp|\"/tmp\"\)",
-    "the tmp volume": r"name: tmp\s+emptyDir",
+    "the tmp volume": r"name: tmp\s+(\{\{-[^}]*\}\}\s+)?emptyDir",
     "the Istio opt-out": r"sidecar\.istio\.io/inject",
     "Secret references": r"existingSecret",
 }

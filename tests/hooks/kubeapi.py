@@ -26,6 +26,13 @@ _ROUTES = [
     (re.compile(r"^/apis/kubeflow.org/v1/namespaces/(?P<ns>[^/]+)/pytorchjobs/(?P<name>[^/]+)$"), "pytorchjob"),
     (re.compile(r"^/apis/trainer.kubeflow.org/v1alpha1/namespaces/(?P<ns>[^/]+)/(?P<resource>trainjobs|trainingruntimes)/(?P<name>[^/]+)$"), "trainer"),
     (re.compile(r"^/apis/trainer.kubeflow.org/v1alpha1/(?P<resource>clustertrainingruntimes)/(?P<name>[^/]+)$"), "trainer"),
+    (re.compile(r"^/api/v1/namespaces/(?P<name>[^/]+)$"), "namespace"),
+    (re.compile(r"^/apis/kueue.x-k8s.io/(?P<version>[^/]+)/namespaces/(?P<ns>[^/]+)/localqueues/(?P<name>[^/]+)$"), "localqueue"),
+]
+_POST_ROUTES = [(re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$"), "create_event")]
+_DELETE_ROUTES = [
+    (re.compile(r"^/apis/rbac.authorization.k8s.io/v1/namespaces/(?P<ns>[^/]+)/(?P<resource>rolebindings|roles)/(?P<name>[^/]+)$"), "delete_rbac"),
+    (re.compile(r"^/apis/rbac.authorization.k8s.io/v1/(?P<resource>clusterrolebindings|clusterroles)/(?P<name>[^/]+)$"), "delete_rbac"),
 ]
 
 
@@ -39,6 +46,10 @@ class Cluster:
     storageclasses: dict[str, dict[str, Any]] = field(default_factory=dict)
     pytorchjobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     trainer: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (resource, ns or "", name) -> object
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> labels
+    localqueues: set[tuple[str, str]] = field(default_factory=set)  # (ns, name); served as kueue.x-k8s.io/v1beta1
+    events: list[dict[str, Any]] = field(default_factory=list)  # Events created (POST)
+    rbac_objects: set[tuple[str, str]] = field(default_factory=set)  # (resource, name) that DELETE may remove
     rbac: list[dict[str, Any]] | None = None  # Role rules; None = everything allowed
     cluster_rbac: list[dict[str, Any]] = field(default_factory=list)  # rules for cluster-scoped reads
     fail_with: int | None = None  # answer every request with this status (e.g. 503)
@@ -69,18 +80,20 @@ class Cluster:
         self.storageclasses[name] = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
                                      "provisioner": "example.com/csi", "volumeBindingMode": binding}
 
-    def add_pytorchjob(self, ns: str, name: str, conditions: list[tuple[str, str, str]]) -> None:
-        self.pytorchjobs[(ns, name)] = {
-            "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name, "namespace": ns},
-            "spec": {"pytorchReplicaSpecs": {}},
-            "status": {"conditions": [{"type": t, "status": s, "message": m, "reason": f"PyTorchJob{t}"} for t, s, m in conditions]},
-        }
+    def add_pytorchjob(self, ns: str, name: str, conditions: list[tuple[str, str, str]], *,
+                       manifest: dict[str, Any] | None = None) -> None:
+        """A live job: ``manifest`` (a rendered PyTorchJob) or an empty spec, with a uid and the given conditions."""
+        job = json.loads(json.dumps(manifest)) if manifest else {
+            "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": name}, "spec": {"pytorchReplicaSpecs": {}}}
+        job["metadata"].update({"namespace": ns, "uid": f"uid-{name}"})
+        job["status"] = {"conditions": [{"type": t, "status": s, "message": m, "reason": f"PyTorchJob{t}"} for t, s, m in conditions]}
+        self.pytorchjobs[(ns, name)] = job
 
-    def allowed(self, group: str, resource: str, name: str, rules: list[dict[str, Any]] | None) -> bool:
+    def allowed(self, group: str, resource: str, name: str, rules: list[dict[str, Any]] | None, verb: str = "get") -> bool:
         if rules is None:
             return True
         for rule in rules:
-            if (group in rule.get("apiGroups", []) and resource in rule.get("resources", []) and "get" in rule.get("verbs", [])
+            if (group in rule.get("apiGroups", []) and resource in rule.get("resources", []) and verb in rule.get("verbs", [])
                     and (not rule.get("resourceNames") or name in rule["resourceNames"])):
                 return True
         return False
@@ -172,6 +185,60 @@ class _Handler(BaseHTTPRequestHandler):
         if obj is None:
             return self._send(404, _status(404, "NotFound", f'{resource}.trainer.kubeflow.org "{name}" not found'))
         self._send(200, obj)
+    def _namespace(self, name: str) -> None:
+        c = self.cluster
+        if not c.allowed("", "namespaces", name, c.cluster_rbac):
+            return self._forbidden("namespaces", name, None)
+        if name not in c.namespaces:
+            return self._send(404, _status(404, "NotFound", f'namespaces "{name}" not found'))
+        self._send(200, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": c.namespaces[name]}})
+
+    def _localqueue(self, version: str, ns: str, name: str) -> None:
+        c = self.cluster
+        if not c.allowed("kueue.x-k8s.io", "localqueues", name, c.rbac):
+            return self._forbidden("localqueues.kueue.x-k8s.io", name, ns)
+        if version != "v1beta1" or (ns, name) not in c.localqueues:
+            return self._send(404, _status(404, "NotFound", f'localqueues.kueue.x-k8s.io "{name}" not found'))
+        self._send(200, {"apiVersion": f"kueue.x-k8s.io/{version}", "kind": "LocalQueue", "metadata": {"name": name, "namespace": ns}})
+
+    def _body(self) -> dict[str, Any]:
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+
+    def _dispatch(self, method: str, routes) -> None:
+        c = self.cluster
+        path = self.path.split("?")[0]
+        c.requests.append((method, path))
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return self._send(401, _status(401, "Unauthorized", "Unauthorized"))
+        for rx, kind in routes:
+            m = rx.match(path)
+            if m:
+                return getattr(self, f"_{kind}")(**m.groupdict())
+        return self._send(404, _status(404, "NotFound", "the server could not find the requested resource"))
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST", _POST_ROUTES)
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE", _DELETE_ROUTES)
+
+    def _create_event(self, ns: str) -> None:
+        c, body = self.cluster, self._body()
+        if not c.allowed("", "events", "", c.rbac, "create"):
+            return self._forbidden("events", "", ns)
+        body.setdefault("metadata", {})["name"] = body["metadata"].get("generateName", "e.") + str(len(c.events))
+        c.events.append(body)
+        self._send(201, body)
+
+    def _delete_rbac(self, resource: str, name: str, ns: str | None = None) -> None:
+        c = self.cluster
+        rules = c.rbac if ns else c.cluster_rbac
+        if not c.allowed("rbac.authorization.k8s.io", resource, name, rules, "delete"):
+            return self._forbidden(resource, name, ns)
+        if (resource, name) not in c.rbac_objects:
+            return self._send(404, _status(404, "NotFound", f'{resource}.rbac.authorization.k8s.io "{name}" not found'))
+        c.rbac_objects.discard((resource, name))
+        self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
 
 
 class KubeAPI:

@@ -71,6 +71,7 @@ def test_all_good(hook, kube_api, termination_log, caplog):
         ("GET", "/api/v1/namespaces/ml/secrets/hf-token"),
         ("GET", "/api/v1/namespaces/ml/secrets/s3-creds"),
         ("GET", "/api/v1/namespaces/ml/persistentvolumeclaims/shared-data"),
+        ("GET", "/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs/ft-llm-finetune"),  # not there yet: a new run
     })
     assert "preflight passed" in caplog.text
     assert "not checked" not in caplog.text  # training.args/lora checked with the shipped field lists
@@ -112,7 +113,7 @@ def test_forbidden_names_the_missing_rbac(hook, kube_api, termination_log):
     assert hook(rbac=True) == 0
     kube_api.cluster.rbac = [r for r in kube_api.cluster.rbac if "secrets" not in r["resources"]]
     from llm_finetune.hooks.preflight import Request, check_secrets
-    from llm_finetune.hooks.kube import Kube
+    from llm_finetune.core.kube import Kube
 
     problems = check_secrets(Kube(), Request.from_env())
     assert [p.message for p in problems] == ["reading Secret 'hf-token' is forbidden", "reading Secret 's3-creds' is forbidden"]

@@ -13,7 +13,9 @@ answers ``503 SlowDown`` to every request whose request line contains that strin
 limits the bandwidth to the clients (bytes/s, all connections together), like a network
 slower than the client, so that ``sent`` (response bytes handed to the clients' sockets) is
 what the clients received and not bytes parked in loopback socket buffers.
-``requests`` and ``faults`` count; ``lines`` lists the request lines (``PUT /bucket/key?... HTTP/1.1``).
+``outage=N`` answers the first N requests with ``503 SlowDown`` whatever the roll
+(an S3 endpoint down for a while, then back). ``requests`` and ``faults`` count;
+``lines`` lists the request lines (``PUT /bucket/key?... HTTP/1.1``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _reset(sock: socket.socket) -> None:
 class FaultProxy:
     def __init__(self, upstream: str, *, reset: float = 0.0, error503: float = 0.0, cut: float = 0.0,
                  delay: float = 0.0, seed: int = 0, rewrite=None, rate: float = 0.0, corrupt: str | None = None,
-                 corrupt_times: int | None = None, refuse: str | None = None) -> None:
+                 corrupt_times: int | None = None, refuse: str | None = None, outage: int = 0) -> None:
         u = urlsplit(upstream)
         self.upstream = (u.hostname, u.port)
         self.reset, self.error503, self.cut, self.delay = reset, error503, cut, delay
@@ -60,6 +62,7 @@ class FaultProxy:
         self.refuse = refuse  # requests whose request line contains this get 503 SlowDown, always
         self.sent = 0  # response bytes written to clients (headers included)
         self._next_send = time.monotonic()
+        self.outage = outage
         self.rng = random.Random(seed)
         self.requests: Counter[str] = Counter()  # method -> count
         self.lines: list[str] = []
@@ -133,6 +136,11 @@ class FaultProxy:
             self.requests[method] += 1
             self.lines.append(lines[0].decode("latin-1"))
             roll = self.rng.random()
+            down, self.outage = self.outage > 0, max(0, self.outage - 1)
+        if down:
+            self.faults["outage"] += 1
+            conn.sendall(_slow_down())
+            return
         if self.delay:
             time.sleep(self.delay)
         if roll < self.reset:

@@ -19,7 +19,8 @@ from fixtures.render import CHART
 REPO = CHART.parent
 from llm_finetune.core import helm as H
 from llm_finetune.core.errors import UserError
-from llm_finetune.local.plan import build_plan, operator_env
+from llm_finetune.local import operator_v1 as op
+from llm_finetune.local.plan import build_plan
 
 DEMO = REPO / "values-examples" / "local-demo.yaml"
 SECRET_ENV = {"AWS_ACCESS_KEY_ID": "AKIA-test", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value"}
@@ -52,43 +53,74 @@ def test_plan_runs_exactly_the_rendered_containers(helm, tmp_path):
     job, pods = rendered_pods(docs)
     assert [p.name for p in plan.pods] == [p[0] for p in pods]
     for pod, (name, rtype, index, spec) in zip(plan.pods, pods):
-        want = [(c["name"], True, c.get("command", []) + c.get("args", [])) for c in spec.get("initContainers", [])]
+        injected = op.injected_init_containers(plan.job, rtype)  # the operator's init-pytorch (Workers, with a Master)
+        want = [(c["name"], True, c.get("command", []) + c.get("args", [])) for c in spec.get("initContainers", []) + injected]
         want += [(c["name"], False, c.get("command", []) + c.get("args", [])) for c in spec["containers"]]
         assert [(p.container, p.init, p.rendered_argv) for p in pod.processes] == want
-        for proc, c in zip(pod.processes, spec.get("initContainers", []) + spec["containers"]):
+        assert [p.builtin for p in pod.processes if p.init] == [""] * len(spec.get("initContainers", [])) + ["wait-for-master"] * len(injected)
+        for proc, c in zip([p for p in pod.processes if not p.builtin], spec.get("initContainers", []) + spec["containers"]):
             # argv is the rendered argv with mount paths mapped to local folders, nothing else
             mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
             for rendered, local in zip(proc.rendered_argv, proc.argv):
                 if rendered.startswith("/etc/llm-finetune/"):
                     assert local.startswith(str(tmp_path / "work" / "configmaps")) and "/etc/llm-finetune" in mounts
+                elif rendered.startswith("/tmp/"):  # the pod's own /tmp emptyDir
+                    assert local.startswith(str(tmp_path / "work" / "pods" / name / "volumes" / "tmp")) and "/tmp" in mounts
                 elif rendered != proc.rendered_argv[0]:
                     assert local == rendered
             assert Path(proc.argv[0]).name == proc.rendered_argv[0]
             # every literal env var of the container, path-mapped, and every secret from the local env
-            injected = set() if proc.init else set(operator_env(job, rtype, index, 29400))  # the operator's win
+            operator = {} if proc.init else dict(op.operator_env(plan.job, rtype, index))  # appended: the operator's win
             for e in c.get("env", []):
-                if e["name"] in injected:
-                    assert proc.env[e["name"]] == operator_env(job, rtype, index, 29400)[e["name"]]
+                got = proc.env[e["name"]]
+                if e["name"] in operator:
+                    assert got == operator[e["name"]]
                 elif "value" in e:
                     v = e["value"]
-                    assert proc.env[e["name"]] == v or (v.startswith("/") and proc.env[e["name"]].startswith(str(tmp_path)))
+                    if e["name"] in ("PET_MASTER_ADDR", "PET_MASTER_PORT"):  # a Service name / the job's port, localized
+                        assert (got, v) in (("127.0.0.1", f"{job['metadata']['name']}-worker-0"), ("29400", "23456"))
+                    else:
+                        assert got == v or (v.startswith("/") and got.startswith(str(tmp_path)))
                 elif "secretKeyRef" in e.get("valueFrom", {}):
-                    assert proc.env[e["name"]] == SECRET_ENV[e["name"]]
+                    assert got == SECRET_ENV[e["name"]]
+                elif "fieldRef" in e.get("valueFrom", {}):  # the downward API: name, namespace, the operator's labels
+                    assert got in (name, "default", str(index))
 
 
-def test_operator_env_of_each_trainer_process(helm, tmp_path):
+def test_without_a_master_every_pod_is_a_worker_and_worker_0_is_the_rendezvous_host(helm, tmp_path):
+    """Shared mode: Workers only, so the operator adds no init container and no MASTER_*/RANK env
+    (training-operator@v1.9.0:pkg/controller.v1/pytorch/initcontainer.go:116-120, envvar.go:66-97);
+    the chart's own static rendezvous env does it, each pod's rank is its replica-index label."""
     docs, plan = plan_for(helm, tmp_path, "job.numWorkers=3", "job.nprocPerNode=2", port=29411)
+    assert [(p.replica_type, p.index) for p in plan.pods] == [("Worker", 0), ("Worker", 1), ("Worker", 2)]
+    for pod in plan.pods:
+        trainer = next(p for p in pod.processes if not p.init)
+        assert [p.container for p in pod.processes if p.init] == ["storage-initializer"]
+        e = trainer.env
+        assert (e["PET_MASTER_ADDR"], e["PET_MASTER_PORT"], e["PET_NODE_RANK"]) == ("127.0.0.1", "29411", str(pod.index))
+        assert (e["PET_NNODES"], e["PET_NPROC_PER_NODE"], e["PYTHONUNBUFFERED"]) == ("3", "2", "1")
+        assert not {"MASTER_ADDR", "RANK", "WORLD_SIZE"} & set(e)
+        assert e["LLM_FINETUNE_POD_NAME"] == pod.name and e["LLM_FINETUNE_POD_INDEX"] == str(pod.index)
+
+
+def test_with_a_master_the_operator_sets_ranks_and_makes_workers_wait_for_it(helm, tmp_path):
+    """perPod + the claim + several pods: Master + Workers, the operator's env and init-pytorch."""
+    docs, plan = plan_for(helm, tmp_path, "storage.mode=perPod", "job.numWorkers=3", "job.nprocPerNode=2", port=29412)
+    assert [(p.replica_type, p.index) for p in plan.pods] == [("Master", 0), ("Worker", 0), ("Worker", 1)]
     ranks = []
     for pod in plan.pods:
         trainer = next(p for p in pod.processes if not p.init)
-        init = next(p for p in pod.processes if p.init)
         e = trainer.env
         assert (e["MASTER_ADDR"], e["MASTER_PORT"], e["PET_MASTER_ADDR"], e["PET_MASTER_PORT"]) == \
-            ("127.0.0.1", "29411", "127.0.0.1", "29411")
+            ("127.0.0.1", "29412", "127.0.0.1", "29412")
         assert (e["WORLD_SIZE"], e["PET_NNODES"], e["PET_NPROC_PER_NODE"]) == ("6", "3", "2")
         assert e["RANK"] == e["PET_NODE_RANK"]
         ranks.append(int(e["RANK"]))
-        assert "RANK" not in init.env and "MASTER_ADDR" not in init.env  # the operator sets the trainer container only
+        inits = [p for p in pod.processes if p.init]
+        assert all("RANK" not in p.env for p in inits)  # the operator sets the main containers only
+        want = ["storage-initializer"] + (["init-pytorch"] if pod.replica_type == "Worker" else [])
+        assert [p.container for p in inits] == want  # appended after the template's init containers
+        assert [p.wait_for for p in inits if p.builtin] == ([f"{plan.job_name}-master-0"] if pod.replica_type == "Worker" else [])
     assert ranks == [0, 1, 2]
 
 
@@ -139,7 +171,7 @@ def test_dry_run_prints_the_plan_without_secret_values(tmp_path, helm4):
                            str(tmp_path / "w"), "--dry-run"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
-    assert [p["name"] for p in plan["pods"]] == ["local-llm-finetune-demo-master-0", "local-llm-finetune-demo-worker-0"]
+    assert [p["name"] for p in plan["pods"]] == ["local-llm-finetune-demo-worker-0", "local-llm-finetune-demo-worker-1"]
     assert "s3cr3t-value" not in proc.stdout + proc.stderr
     assert plan["pods"][0]["processes"][1]["env"]["AWS_SECRET_ACCESS_KEY"] == "***"
     assert not (tmp_path / "w" / "logs").exists()  # nothing ran

@@ -57,7 +57,10 @@ def test_demo_end_to_end_initializer_then_two_workers_then_report(tmp_path, helm
     # the initializer put model and dataset on the shared claim, from the S3 server
     claim = work / "claims" / "local-llm-finetune-workspace"
     assert (claim / "model" / "config.json").is_file() and (claim / "dataset" / "train.jsonl").is_file()
-    assert "[master-0/storage-initializer]" in out and "[worker-0/storage-initializer]" in out
+    assert "[worker-0/storage-initializer]" in out and "[worker-1/storage-initializer]" in out
+    # the job as the Training Operator leaves it: Succeeded, each pod created once
+    status = json.loads((work / "status.json").read_text())
+    assert status["state"] == "Succeeded" and {p["starts"] for p in status["pods"].values()} == {1}
     # two pods, one trainer process each: world size 2
     manifest = json.loads((output / "manifest.json").read_text())
     metrics = json.loads((output / "metrics.json").read_text())
@@ -95,17 +98,24 @@ def test_bad_values_stop_with_the_validators_message_before_anything_starts(tmp_
 
 
 def test_a_failing_step_stops_the_run_with_its_own_message_and_exit_code(tmp_path, helm4):
+    """A permanent initializer error on worker-0 (the pod that fills the shared claim): its outcome ends the
+    pytorch container with exit 1, the job is Failed, and worker-1 (waiting) is deleted (cleanPodPolicy Running)."""
     proc = run_local(tmp_path, helm4, "--set", "dataset.uri=s3://llm-finetune-demo/no-such-prefix", values=SHORT,
                      timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-4000:]
-    pod_message = (tmp_path / "work" / "pods" / "local-llm-finetune-demo-master-0" /
-                   "termination-log.storage-initializer").read_text()
-    assert pod_message.startswith("initializer: dataset.uri: ") and "no-such-prefix" in pod_message
-    assert pod_message in (tmp_path / "run-local.termination-log").read_text()
-    # the trainers never started, and the waiting Worker initializer was stopped
-    assert "[master-0/pytorch]" not in out and "[worker-0/pytorch]" not in out
-    assert not (tmp_path / "work" / "claims" / "local-llm-finetune-workspace" / "runs").exists()
+    pods = tmp_path / "work" / "pods"
+    init_message = (pods / "local-llm-finetune-demo-worker-0" / "termination-log.storage-initializer").read_text()
+    assert init_message.startswith("initializer: dataset.uri: ") and "no-such-prefix" in init_message
+    # the operator reads the pytorch container's code: the initializer's outcome became it
+    assert (pods / "local-llm-finetune-demo-worker-0" / "termination-log.pytorch").read_text() == init_message
+    assert init_message in (tmp_path / "run-local.termination-log").read_text()
+    status = json.loads((tmp_path / "work" / "status.json").read_text())
+    assert status["state"] == "Failed" and status["pods"]["local-llm-finetune-demo-worker-0"]["exitCodes"] == [1]
+    assert status["pods"]["local-llm-finetune-demo-worker-1"]["phases"] == ["Pending (deleted)"]
+    # the trainers never started
+    assert "llm_finetune.trainer" not in out
+    assert not (tmp_path / "work" / "claims" / "local-llm-finetune-workspace" / "runs" / "local-llm-finetune-demo" / "output").exists()
 
 
 def _descendants(pid: int) -> set[int]:

@@ -78,7 +78,6 @@ def test_warnings_do_not_fail(overlay, path, words):
 @pytest.mark.parametrize("overlay", [
     {},
     {"job": {"numWorkers": 4}, "storage": {"accessModes": ["ReadWriteMany"]}},
-    {"job": {"numWorkers": 4}, "storage": {"accessModes": ["ReadWriteOnce", "ReadOnlyMany"]}},
     {"job": {"numWorkers": 4}, "storage": {"mode": "perPod"}},
     {"job": {"resources": {"gpu": 4, "cpu": "500m", "memory": "16Gi"}, "nprocPerNode": "4"}, "training": {"method": "qlora"}},
     {"job": {"resources": {"requests": {"cpu": "1.5", "memory": "1e9"}, "limits": {"memory": "2G", "nvidia.com/gpu": 1}}}},
@@ -125,6 +124,25 @@ def test_shared_storage_problem_is_the_one_rule_for_values_and_preflight():
     assert shared_storage_problem("shared", 2, ["ReadWriteMany"], "x") is None
     p = shared_storage_problem("shared", 2, ["ReadWriteOnce"], "storage.existingClaim", claim="data")
     assert p.path == "storage.existingClaim" and "claim 'data'" in p.message and p.severity == "error"
+    # the v1 SDK's default does not work on common storage: every pod mounts the claim read-write, and
+    # aws-ebs-csi-driver / local-path-provisioner refuse ReadOnlyMany (the claim stays Pending)
+    p = shared_storage_problem("shared", 4, ["ReadWriteOnce", "ReadOnlyMany"], "storage.accessModes")
+    assert p.severity == "error" and "needs ReadWriteMany" in p.message and "aws-ebs-csi-driver" in p.message
+
+
+@pytest.mark.parametrize("overlay, path, severity, words", [
+    ({"job": {"resources": {"memory": "4Gi"}, "shmSizeLimit": "8Gi"}}, "job.shmSizeLimit", "warning", "OOM-kills the trainer"),
+    ({"job": {"resources": {"memory": "10G"}, "shmSizeLimit": "8Gi"}}, "job.shmSizeLimit", "warning", "more than half"),
+    ({"job": {"numWorkers": 3}, "storage": {"mode": "perPod"}}, "storage.mode", "warning", "--pytorch-init-container-template-file"),
+    ({"storage": {"mode": "perPod", "perPod": {"outputToClaim": False}}, "output": {"export": {"uri": "s3://out/run1"}}},
+     "job.runPolicy.activeDeadlineSeconds", "warning", "recreates the pod without limit"),
+    ({"job": {"runPolicy": {"backoffLimit": None}}}, "job.runPolicy.activeDeadlineSeconds", "warning", "backoffLimit is null"),
+    ({"job": {"queueName": "gpu"}}, "job.queueName", "notice", "Kueue >= v0.19"),
+])
+def test_what_the_cluster_will_do_is_said_before_it_runs(overlay, path, severity, words):
+    assert any(p.path == path and p.severity == severity and words in p.render() for p in problems(overlay)), \
+        [p.render() for p in problems(overlay)]
+    assert not [p for p in problems({}) if p.rule in ("shm", "cluster")]  # the defaults are quiet
 
 
 @pytest.mark.parametrize("sets, path, words", [

@@ -63,6 +63,9 @@ class S3Settings:
 class RunConfig:
     name: str = "llm-finetune"  # the PyTorchJob name (release fullname + runId)
     id: str = ""
+    # Retries of a pod without a new checkpoint before its failure becomes permanent
+    # (job.runPolicy.backoffLimit; None: no limit). See core/attempts.py.
+    backoff_limit: int | None = None
 
 
 @dataclass

@@ -35,6 +35,12 @@ BaseException`` — the command still stops the same way (the line, the message,
 once from ``sys.unraisablehook``, else when it has not reached :func:`guarded` within
 :data:`SWALLOWED_STOP_SECONDS`. A command that must do something first (the trainer: a
 checkpoint) installs its own handler.
+
+The Training Operator v1.9 reads the exit code of the ``pytorch`` container only; an init
+container that fails leaves it unset (0xbeef, "retryable"). So the chart's init container
+does not exit with its code: :func:`write_outcome` records ``{code, message}`` in the pod's
+``/tmp`` and ``launch`` (the ``pytorch`` container) exits with it (:func:`read_outcome`).
+What users see on a cluster for each code: README "Failures and retries".
 """
 
 from __future__ import annotations
@@ -125,8 +131,18 @@ def termination_log_path() -> str:
     return os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)
 
 
+_last_message = ""
+
+
+def last_message() -> str:
+    """The last one-line message this process wrote to the termination log ("" if none)."""
+    return _last_message
+
+
 def write_termination_message(message: str) -> None:
     """Write ``message`` to the termination log; never raise (the log may not exist locally)."""
+    global _last_message
+    _last_message = message
     path = termination_log_path()
     if not path:
         return
@@ -224,3 +240,27 @@ def _failed(step: str, text: str, code: int, *, level: int = logging.ERROR) -> i
     log.log(level, msg)
     write_termination_message(msg)
     return code
+
+
+def write_outcome(path: str | os.PathLike[str], code: int, message: str) -> None:
+    """Record a command's outcome for a later container of the same pod (atomic)."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps({"code": int(code), "message": message}), encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def read_outcome(path: str | os.PathLike[str]) -> tuple[int, str] | None:
+    """The outcome :func:`write_outcome` recorded, or None when there is none (or it is unreadable)."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return int(data["code"]), str(data.get("message") or "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

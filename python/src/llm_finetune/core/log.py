@@ -1,7 +1,10 @@
 """Logging for pods: plain UTC lines (no tqdm bars), rank-aware, secrets redacted.
 
 * Every line carries the process rank when running under torchrun.
-* Non-zero ranks log warnings and errors only, unless ``LLM_FINETUNE_LOG_ALL_RANKS=1``.
+* Non-zero ranks log warnings and errors only, unless ``LLM_FINETUNE_LOG_ALL_RANKS=1``. The rank
+  is a *process* rank: torchrun gives it to the processes it starts together with ``LOCAL_RANK``.
+  A pod-level ``RANK`` (the Training Operator's node rank, set for every container of a
+  PyTorchJob pod with a Master) is not one: the launcher of every pod logs at the normal level.
 * Values of secret environment variables never reach a handler (``RedactSecrets``).
 * Libraries log through the root handler only (``quiet_library_loggers``).
 * ``RateReporter`` prints progress lines (done/total, throughput, ETA) at a steady rate.
@@ -19,6 +22,9 @@ _FORMAT = "%(asctime)s %(levelname)s %(rankinfo)s%(name)s: %(message)s"
 
 
 def process_rank() -> int:
+    """The global rank of a process torchrun started (it sets ``LOCAL_RANK`` too), else 0."""
+    if "LOCAL_RANK" not in os.environ:
+        return 0
     return int(os.environ.get("RANK", "0") or 0)
 
 
@@ -42,7 +48,7 @@ class RedactSecrets(logging.Filter):
 class _RankInfo(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1) if "LOCAL_RANK" in os.environ else 1
         self.info = f"[rank {process_rank()}] " if world > 1 else ""
 
     def filter(self, record: logging.LogRecord) -> bool:

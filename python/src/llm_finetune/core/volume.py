@@ -32,6 +32,9 @@ finished (resumed) by the next initializer run.
 The trainer's output folder (``<paths.run>/output``) ends with its own manifest,
 ``OUTPUT_MANIFEST`` (keys documented in :mod:`llm_finetune.trainer.output`), written last:
 ``llm-finetune verify`` and exports read it.
+
+Checkpoints: ``<paths.run>/checkpoints/checkpoint-N``, complete once the trainer wrote its
+marker ``CHECKPOINT_MARKER`` in it (format and checks: :mod:`llm_finetune.trainer.checkpoints`).
 """
 
 from __future__ import annotations
@@ -39,12 +42,60 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = ".llm-finetune-manifest.json"
 OUTPUT_MANIFEST = "manifest.json"
+CHECKPOINT_MARKER = ".llm-finetune-complete.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def unwritable_reason(directory: str | os.PathLike[str]) -> str | None:
+    """Why files cannot be created in ``directory`` (created if missing) by this process, or None.
+
+    Probed (create + delete a file), never assumed from modes: root squash, read-only mounts and
+    ACLs all show. The reason names this process's uid/gids and the directory's owner and mode.
+    """
+    import errno
+
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".llm-finetune-probe-", dir=d)
+        os.close(fd)
+        os.unlink(probe)
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            return "the volume is mounted read-only"
+        owner = ""
+        for p in (d, *d.parents):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            owner = f"; {p} is owned by {st.st_uid}:{st.st_gid} with mode {oct(st.st_mode & 0o7777)}"
+            break
+        ids = f"uid {os.getuid()}, gid {os.getgid()}, groups {sorted(set(os.getgroups()))}"
+        return f"{exc.strerror or exc} (this process: {ids}{owner})"
+
+
+def checkpoint_step(path: str | os.PathLike[str]) -> int | None:
+    """N of a ``checkpoint-N`` folder, else None."""
+    m = _CHECKPOINT.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def list_checkpoints(checkpoints_dir: str | os.PathLike[str]) -> list[Path]:
+    """``checkpoint-N`` folders, newest (highest N) first."""
+    d = Path(checkpoints_dir)
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=lambda p: checkpoint_step(p) or 0, reverse=True)
 
 
 def manifest_path(directory: str | os.PathLike[str]) -> Path:

@@ -15,7 +15,11 @@ every problem at once and exit 1 (the message also goes to the termination log, 
    container (the chart's own TrainingRuntime is a hook created just before this one);
 3. every referenced Secret exists and has its keys (values are never logged);
 4. ``storage.existingClaim`` exists, is Bound (or Pending on a WaitForFirstConsumer
-   storage class) and its access modes fit the storage mode and the number of pods.
+   storage class) and its access modes fit the storage mode and the number of pods;
+5. what the cluster's controllers will do (:mod:`.cluster`): a live PyTorchJob of the same name
+   must have the same spec (a run is never changed in place), the Kueue LocalQueue exists, and
+   a job with a Master replica is not headed for a namespace enforcing Pod Security
+   "restricted". A failed check deletes its own RoleBinding(s) before it exits.
 
 Contract with ``chart/templates/hooks/preflight.yaml`` (env of the hook Job: names only,
 never secret values):
@@ -28,12 +32,19 @@ never secret values):
 ``PREFLIGHT_NUM_WORKERS``  ``job.numWorkers`` (pods of the job)
 ``PREFLIGHT_BACKEND``  ``backend``: ``pytorchjob`` (default) or ``trainjob``
 ``PREFLIGHT_RUNTIME``  ``trainjob``: ``<TrainingRuntime|ClusterTrainingRuntime>/<name>`` the TrainJob references
+``PREFLIGHT_JOB``      ``pytorchjob``: the PyTorchJob's name; ``PREFLIGHT_SPEC_CHECKSUM``,
+                       ``PREFLIGHT_CONFIG_CHECKSUM``: what its spec and config will be
+``PREFLIGHT_QUEUE``    ``job.queueName``
+``PREFLIGHT_POD_SECURITY``  ``true``: the PyTorchJob has a Master and Workers; check the namespace
+``PREFLIGHT_RBAC``     the hook's RoleBinding [and ClusterRoleBinding] names (deleted on failure)
 =====================  =================================================================
 
 RBAC (the hook's Role): ``get`` on ``secrets`` limited by ``resourceNames`` to those
 Secrets, ``get`` on ``persistentvolumeclaims`` limited to the claim, ``get`` on that
-``trainingruntimes``. Reading the claim's StorageClass or a ClusterTrainingRuntime
-(cluster-scoped) is optional: when forbidden, a warning.
+``trainingruntimes``, on that ``pytorchjobs`` and ``localqueues``, ``delete`` on its own
+RoleBinding; with ``PREFLIGHT_POD_SECURITY`` a ClusterRole: ``get`` on this namespace,
+``delete`` on its own ClusterRoleBinding. Reading the claim's StorageClass or a
+ClusterTrainingRuntime (cluster-scoped) is optional: when forbidden, a warning.
 """
 
 from __future__ import annotations
@@ -61,6 +72,12 @@ class Request:
     num_workers: int = 1
     backend: str = "pytorchjob"
     runtime: tuple[str, str] = ("", "")  # (kind, name) of the TrainJob's runtime
+    job: str = ""
+    spec_checksum: str = ""
+    config_checksum: str = ""
+    queue: str = ""
+    pod_security: bool = False
+    rbac: list[str] = field(default_factory=list)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Request":
@@ -83,7 +100,10 @@ class Request:
         if backend == "trainjob" and (kind not in RUNTIME_PLURALS or not runtime):
             raise UserError(f"{env.get('PREFLIGHT_RUNTIME', '')!r} is not <kind>/<name> of a runtime", field="PREFLIGHT_RUNTIME",
                             hint="the chart sets TrainingRuntime/<name> or ClusterTrainingRuntime/<name>; re-render the hook")
-        return cls(secrets, env.get("PREFLIGHT_CLAIM", "").strip(), int(raw), backend, (kind, runtime))
+        return cls(secrets, env.get("PREFLIGHT_CLAIM", "").strip(), int(raw), backend, (kind, runtime),
+                   env.get("PREFLIGHT_JOB", ""), env.get("PREFLIGHT_SPEC_CHECKSUM", ""),
+                   env.get("PREFLIGHT_CONFIG_CHECKSUM", ""), env.get("PREFLIGHT_QUEUE", "").strip(),
+                   env.get("PREFLIGHT_POD_SECURITY") == "true", env.get("PREFLIGHT_RBAC", "").split())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,21 +111,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chart", default=None, help=argparse.SUPPRESS)  # schema location for tests; images ship it
 
 
-def check_config(path: str, request: Request, chart: str | None = None) -> tuple[list[Problem], str]:
-    """Validator problems of the rendered config, and its storage mode."""
+def check_config(path: str, request: Request, chart: str | None = None) -> tuple[list[Problem], str, str]:
+    """Validator problems of the rendered config, its storage mode and its runId."""
     from ..validate import validate_config
     from ..validate.values import chart_dir, load_schema, load_yaml_file
 
     config = load_yaml_file(path, what="config file")
     problems = validate_config(config, load_schema(chart_dir(chart)),
                                extra_values={"job": {"numWorkers": request.num_workers}, "backend": request.backend})
-    storage = config.get("storage")
-    return problems, (storage.get("mode") if isinstance(storage, dict) else None) or "shared"
+    storage, run = config.get("storage"), config.get("run")
+    mode = (storage.get("mode") if isinstance(storage, dict) else None) or "shared"
+    return problems, mode, str((run.get("id") if isinstance(run, dict) else None) or "")
 
 
 def _served(kube, group: str, version: str, plurals: list[str], hint: str) -> list[Problem]:
     """Problems unless discovery of group/version lists every one of ``plurals``."""
-    from .kube import Forbidden, NotFound
+    from ..core.kube import Forbidden, NotFound
 
     what = f"GET /apis/{group}/{version}"
     try:
@@ -123,7 +144,7 @@ def _served(kube, group: str, version: str, plurals: list[str], hint: str) -> li
 
 
 def check_api(kube, request: Request | None = None) -> list[Problem]:
-    from .kube import job_api
+    from ..core.kube import job_api
 
     if request is None or request.backend == "pytorchjob":
         api = job_api("PyTorchJob")
@@ -137,7 +158,7 @@ def check_api(kube, request: Request | None = None) -> list[Problem]:
 
 def check_runtime(kube, request: Request) -> list[Problem]:
     """backend trainjob: the runtime exists (the trainer's webhook rejects a TrainJob without it) and runs a `node` job."""
-    from .kube import Forbidden, NotFound, job_api
+    from ..core.kube import Forbidden, NotFound, job_api
 
     if request.backend != "trainjob":
         return []
@@ -171,7 +192,7 @@ def check_runtime(kube, request: Request) -> list[Problem]:
 
 
 def check_secrets(kube, request: Request) -> list[Problem]:
-    from .kube import Forbidden, NotFound
+    from ..core.kube import Forbidden, NotFound
 
     problems = []
     core = kube.client.CoreV1Api(kube.api)
@@ -201,7 +222,7 @@ def check_secrets(kube, request: Request) -> list[Problem]:
 
 def check_claim(kube, request: Request, mode: str) -> list[Problem]:
     from ..validate.rules import shared_storage_problem
-    from .kube import Forbidden, NotFound
+    from ..core.kube import Forbidden, NotFound
 
     if not request.claim:
         return []
@@ -232,7 +253,7 @@ def check_claim(kube, request: Request, mode: str) -> list[Problem]:
 
 
 def _pending_claim(kube, name: str, storage_class: str | None) -> list[Problem]:
-    from .kube import Forbidden, NotFound
+    from ..core.kube import Forbidden, NotFound
 
     if not storage_class:
         return [Problem("storage.existingClaim", f"PersistentVolumeClaim {name!r} is Pending and has no storage class",
@@ -253,19 +274,25 @@ def _pending_claim(kube, name: str, storage_class: str | None) -> list[Problem]:
 
 @guarded("preflight")
 def run(args: argparse.Namespace) -> int:
-    from .kube import Kube
+    from ..core.kube import Kube
+    from . import cluster
 
     request = Request.from_env()
-    problems, mode = check_config(args.config, request, args.chart)
+    problems, mode, run_id = check_config(args.config, request, args.chart)
     kube = Kube()
     problems += check_api(kube, request)
     problems += check_runtime(kube, request)
     problems += check_secrets(kube, request)
     problems += check_claim(kube, request, mode)
+    problems += cluster.check_existing_job(kube, request.job, request.spec_checksum, request.config_checksum, run_id)
+    problems += cluster.check_queue(kube, request.queue, pytorchjob=request.backend == "pytorchjob")
+    if request.pod_security:
+        problems += cluster.check_pod_security(kube)
     for p in problems:
         (log.error if p.severity == ERROR else log.warning if p.severity == WARNING else log.info)(p.render())
     errors = [p.render() for p in problems if p.severity == ERROR]
     if errors:
+        cluster.delete_own_rbac(kube, request.rbac)
         raise UserError(f"{len(errors)} problem(s): " + "; ".join(errors),
                         hint="fix them, then install/upgrade again (preflight.enabled=false skips this check)")
     log.info("preflight passed: config, %s API%s%s", "TrainJob" if request.backend == "trainjob" else "PyTorchJob",

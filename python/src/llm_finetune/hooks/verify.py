@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------
 def check_job(name: str, kind: str = "PyTorchJob") -> str:
     """The job's state (its done condition, "missing", "unknown"); UserError when it failed or is not done."""
-    from .kube import Forbidden, Kube, NotFound, job_api
+    from ..core.kube import Forbidden, Kube, NotFound, job_api
 
     api = job_api(kind)
     try:

@@ -3,7 +3,18 @@
 Puts ``model.uri`` into ``paths.model`` and ``dataset.uri`` into ``paths.dataset`` (local
 paths are checked and used in place), each followed by its completion manifest. A
 directory whose manifest matches the request is left alone: reruns download nothing.
-With ``--wait`` (Workers in shared storage mode) it only waits for the Master's manifests.
+With ``--wait`` it only waits for another pod's manifests; with ``--shared`` (every pod of a
+shared-mode job runs it) the pod with index 0 fills the volume and the others wait.
+
+Before downloading, the volume must be writable by this pod: a volume whose driver ignored
+``fsGroup`` (many ReadWriteMany drivers) is a permanent error naming the fix.
+
+In the chart (``--outcome FILE``) the init container never fails by its exit code: the Training
+Operator v1.9 only reads the ``pytorch`` container's code, and an init container's failure
+would leave it unset (0xbeef) — retried forever, whatever the cause. The outcome (code and
+one-line message) goes to FILE in the pod's ``/tmp`` instead, and ``launch`` exits with it.
+It also counts the pod's attempt (:mod:`llm_finetune.core.attempts`) and gives up at once when
+the previous attempt was the last the budget allowed.
 """
 
 from __future__ import annotations
@@ -17,12 +28,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..core import attempts
 from ..core.config import DEFAULT_CONFIG_PATH, JobConfig, load_config
-from ..core.errors import ConfigError, ExternalError, UserError, guarded
+from ..core.errors import ConfigError, ExternalError, UserError, guarded, last_message, write_outcome
 from ..core.log import format_bytes, format_duration
+from ..core.pod import pod_index, pod_name
 from ..core.retry import disk_error
 from ..core.version import __version__
-from ..core.volume import manifest_path, read_manifest, write_manifest
+from ..core.volume import manifest_path, read_manifest, unwritable_reason, write_manifest
 from .base import JOURNAL_NAME, Context, Request, prune, summarize
 from .registry import provider_for
 
@@ -34,19 +47,53 @@ DEFAULT_WAIT_TIMEOUT = 6 * 3600.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=DEFAULT_CONFIG_PATH, help="job config file (default: %(default)s)")
     parser.add_argument("--wait", action="store_true",
-                        help="only wait until the model and dataset on the shared volume are complete (Workers)")
+                        help="only wait until the model and dataset on the shared volume are complete")
+    parser.add_argument("--shared", action="store_true",
+                        help="every pod runs this on one shared volume: the pod with index 0 "
+                             "($LLM_FINETUNE_POD_INDEX) fills it, the others wait")
     parser.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, metavar="SECONDS",
                         help="give up waiting after this many seconds (default: %(default)s)")
+    parser.add_argument("--outcome", default=None, metavar="FILE",
+                        help="record the exit code and message in FILE for `launch` and exit 0 (the chart's init container)")
+
+
+def run(args: argparse.Namespace) -> int:
+    code = _run(args)
+    if args.outcome:
+        message = last_message() if code else ""
+        write_outcome(args.outcome, code, message)
+        if code:
+            log.info("outcome (exit %d) recorded in %s: the pytorch container exits with it", code, args.outcome)
+        return 0
+    return code
 
 
 @guarded("initializer", terminated="what was downloaded is kept; the next attempt resumes it")
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    if args.wait:
+    if args.outcome:
+        attempt = attempts.begin(cfg.paths.run, pod_name(), cfg.run.backoff_limit)
+        if attempt is not None and attempt.over_budget:
+            raise UserError(attempt.give_up(attempt.data.get("lastFailure") or attempts.KILLED))
+    if args.wait or (args.shared and pod_index() != 0):
         wait_for_volume(cfg, timeout=args.wait_timeout)
     else:
+        check_writable(cfg)
         initialize(cfg)
     return 0
+
+
+def check_writable(cfg: JobConfig) -> None:
+    """The volume this pod fills must take files from its user (the trainer checks the run folder itself)."""
+    reason = unwritable_reason(cfg.paths.workspace)
+    if reason is not None:
+        hint = ("the volume's driver did not apply podSecurityContext.fsGroup (a CSIDriver with fsGroupPolicy None, or "
+                "the default ReadWriteOnceWithFSType on a ReadWriteMany volume): make its root directory writable "
+                "for podSecurityContext.runAsUser/runAsGroup (e.g. an NFS export owned by that uid), or use a "
+                "driver/StorageClass that applies fsGroup (fsGroupChangePolicy: Always re-applies it)")
+        if "read-only" in reason:
+            hint = "the initializer needs the volume mounted read-write"
+        raise UserError(f"{cfg.paths.workspace} is not writable by this pod: {reason}", field="storage", hint=hint)
 
 
 def prepare_environment(cfg: JobConfig) -> None:
@@ -152,8 +199,8 @@ def wait_for_volume(cfg: JobConfig, *, timeout: float = DEFAULT_WAIT_TIMEOUT, in
         what = ", ".join(f"{t} ({r.uri})" for r, t in pending.values())
         if now - started >= timeout:
             raise ExternalError(f"timed out after {format_duration(timeout)} waiting for {what}",
-                                hint="the Master pod's storage-initializer fills them: check its logs")
+                                hint="the storage-initializer of the job's first pod fills them: check its logs")
         if now - last_note >= 60:
-            log.info("waiting for the Master's initializer: %s (%s so far)", what, format_duration(now - started))
+            log.info("waiting for the first pod's initializer: %s (%s so far)", what, format_duration(now - started))
             last_note = now
         time.sleep(min(interval, max(0.05, timeout - (now - started))))

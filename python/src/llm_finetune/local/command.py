@@ -10,6 +10,9 @@
    ``/workspace``, ``/output``, ``/tmp`` and the config mount mapped to ``--workdir``, or with
    ``--runtime container`` as real containers from the rendered images (``containers.py``), the
    same plan applied as the kubelet would (users, read-only root, capabilities, volumes, limits);
+   a PyTorchJob's pods are created, deleted and recreated as the Training Operator v1.9 does
+   (``operator_v1.py``); the job's end state, its Events and each pod's attempts are printed and
+   saved in ``<workdir>/status.json``;
 4. a summary says where the output, the loss curve and the before/after samples are.
 
 ``--demo`` (what ``make run`` uses) builds the deterministic tiny model and dataset,
@@ -49,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=("process", "container"), default="process",
                         help="process (default): each container's command as a local process; container: each "
                              "container as a real container from its image (podman; see 'make images').")
+    parser.add_argument("--max-pod-starts", type=int, default=10, metavar="N",
+                        help="Stop when one pod has been created N times (the operator would go on; default 10).")
 
 
 def _validate(values_files: list[str], set_values: list[str], chart: Path) -> None:
@@ -100,7 +105,11 @@ def run(args: argparse.Namespace) -> int:
             return 0
         log.info("run-local: job %s, %d pod(s), workdir %s, runtime %s", plan.job_name, len(plan.pods), workdir,
                  args.runtime)
-        Runner(plan, keep_fds=(lock,) if lock is not None else (), executor=_executor(args.runtime)).run()
+        keep_fds = (lock,) if lock is not None else ()
+        if plan.job is not None:  # a PyTorchJob: against the Training Operator v1.9 model
+            execute(plan, max_pod_starts=args.max_pod_starts, keep_fds=keep_fds, executor=_executor(args.runtime))
+        else:
+            Runner(plan, keep_fds=keep_fds, executor=_executor(args.runtime)).run()
     finally:
         if server is not None:
             server.stop()
@@ -118,6 +127,36 @@ def _executor(runtime: str):
     from .executor import ProcessExecutor
 
     return ProcessExecutor()
+
+
+def execute(plan, *, max_pod_starts: int, keep_fds: tuple[int, ...] = (), executor=None) -> None:
+    """Run the job like the cluster; print and save (``<workdir>/status.json``) its end state; raise when it failed."""
+    from .runner import StepFailed, failure_message, run_job
+
+    result, failed = run_job(plan, max_pod_starts=max_pod_starts, keep_fds=keep_fds, executor=executor)
+    Path(plan.workdir, "status.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n", encoding="utf-8")
+    print(summary(plan.job_name, result), flush=True)
+    if result.state == "Succeeded":
+        return
+    message = failure_message(failed) if failed else ""
+    code = failed.status.pytorch_exit_code if failed and failed.status.pytorch_exit_code else 1
+    if result.stopped:
+        message = f"{result.stopped}; last failure: {message or 'none reported'}"
+    elif not message:
+        message = result.status.message("Failed") or f"the job ended {result.state or 'without a state'}"
+    raise StepFailed(failed.failed_spec if failed else None, code, message)
+
+
+def summary(job: str, result) -> str:
+    """What `kubectl get/describe pytorchjob` would show, and how often each pod ran."""
+    lines = [f"PyTorchJob {job}: {result.state or 'no condition'}" + (f" (run-local stopped it: {result.stopped})" if result.stopped else "")]
+    lines += [f"  condition {c.type}={c.status} {c.reason}: {c.message}" for c in result.status.conditions]
+    lines += [f"  event {e.type} {e.reason} (x{e.count}, {e.source}): {e.message}" for e in result.events]
+    for name, record in result.pods.items():
+        lines.append(f"  pod {name}: created {record.starts} time(s), pytorch exit codes {record.exit_codes}")
+    if result.left_running:
+        lines.append(f"  left running by cleanPodPolicy: {', '.join(result.left_running)} (stopped by run-local)")
+    return "\n".join(lines)
 
 
 def plan_as_dict(plan, runtime: str = "process") -> dict:

@@ -13,13 +13,15 @@ Kubernetes would do:
   ``LLM_FINETUNE_PATH_MAP``, the job config's paths);
 * ``env``: literal values (path-mapped), ``secretKeyRef`` from the local environment
   variable of the same name (never from a file), ``fieldRef`` for the namespace, the pod
-  name and the pod's annotations (the downward API);
-* for a PyTorchJob, the Training Operator's injected env for the ``pytorch`` container
-  (``pkg/controller.v1/pytorch/envvar.go`` in kubeflow/training-operator v1.9):
-  ``MASTER_ADDR``/``MASTER_PORT``/``PET_MASTER_ADDR``/``PET_MASTER_PORT``,
-  ``WORLD_SIZE`` = replicas × nprocPerNode, ``RANK`` = ``PET_NODE_RANK`` = replica index
-  (Workers start at 1), ``PET_NPROC_PER_NODE``, ``PET_NNODES``, ``PYTHONUNBUFFERED``;
-  with ``MASTER_ADDR=127.0.0.1`` since every "pod" is on this machine.
+  name, the pod's labels and annotations (the downward API);
+* for a PyTorchJob, what the Training Operator v1.9 adds (:mod:`.operator_v1`): its labels, its
+  env on the main containers (with and without a Master, with ``elasticPolicy``) and its
+  ``init-pytorch`` container on Workers when a Master exists (run here as a built-in wait for
+  the Master to be Ready);
+* DNS: a pod's Service name (``<job>-worker-0``) in an address variable (``*_ADDR``, ``*_HOST``,
+  ``*_ENDPOINT``) is 127.0.0.1 here and the job's port (``*_PORT``) a free local port, so that
+  runs side by side do not clash; Events the pods post (:mod:`llm_finetune.core.events`) go to
+  ``<workdir>/events.jsonl``.
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ from typing import Any
 
 from ..core.config import PATH_MAP_ENV
 from ..core.errors import TERMINATION_LOG_ENV, UserError
+from ..core.events import EVENTS_FILE_ENV
+from . import operator_v1 as op
 from .podspec import ContainerSpec, container_spec
 
 # Local environment variables a pod-like process may inherit (besides what the pod declares).
 PASS_THROUGH_ENV = ("LANG", "LC_ALL", "HF_ENDPOINT", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
                     "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
                     "LLM_FINETUNE_LOG_LEVEL")
-TRAINER_CONTAINER = "pytorch"
+TRAINER_CONTAINER = op.CONTAINER
+EVENTS_FILE = "events.jsonl"
 
 
 @dataclass
@@ -54,6 +59,8 @@ class ProcessSpec:
     termination_log: str
     mounts: list[tuple[str, str]] = field(default_factory=list)  # (mount path, local folder), longest path first
     container_spec: ContainerSpec | None = None  # the same container as the pod spec has it (--runtime container)
+    builtin: str = ""  # "wait-for-master": the operator's init-pytorch, run as a wait here
+    wait_for: str = ""  # the pod whose Service it waits for
 
 
 @dataclass
@@ -63,6 +70,8 @@ class PodPlan:
     index: int
     processes: list[ProcessSpec] = field(default_factory=list)
     stage: int = 0  # pods of a stage start once every pod of the earlier stages succeeded (JobSet dependsOn)
+    restart_policy: str = "Never"  # the pod's own restartPolicy (the replica's ExitCode -> Never)
+    grace: float = 30.0  # terminationGracePeriodSeconds
 
     @property
     def short(self) -> str:
@@ -82,6 +91,9 @@ class Pod:
     annotations: dict[str, str] = field(default_factory=dict)
     stage: int = 0
     rank0_trainer: str = ""  # the container running global rank 0's trainer, in that pod only
+    labels: dict[str, str] = field(default_factory=dict)
+    restart_policy: str = "Never"
+    injected: tuple[str, ...] = ()  # init containers the operator added (init-pytorch)
 
 
 def upsert_env(env: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -105,49 +117,15 @@ class JobPlan:
     pods: list[PodPlan]
     workdir: str
     mounts: dict[str, str]  # pod mount path -> local folder, of global rank 0's trainer container
+    job: op.JobSpec | None = None  # a PyTorchJob: run against the Training Operator model (operator_v1)
+
+    @property
+    def events_file(self) -> str:
+        return str(Path(self.workdir) / EVENTS_FILE)
 
 
 def find(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [m for m in manifests if m.get("kind") == kind]
-
-
-def _replica_types(job: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    specs = job["spec"]["pytorchReplicaSpecs"]
-    order = sorted(specs, key=lambda t: (t != "Master", t))
-    return [(t, specs[t]) for t in order]
-
-
-def _total_replicas(job: dict[str, Any]) -> int:
-    return sum(int(s.get("replicas", 1)) for _, s in _replica_types(job))
-
-
-def _master_port(job: dict[str, Any]) -> int:
-    """The Master's pytorchjob-port (the operator's webhook defaults it to 23456)."""
-    for c in job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]:
-        if c.get("name") == TRAINER_CONTAINER:
-            for p in c.get("ports") or []:
-                if p.get("name") == "pytorchjob-port":
-                    return int(p["containerPort"])
-    return 23456
-
-
-def operator_env(job: dict[str, Any], replica_type: str, index: int, master_port: int) -> dict[str, str]:
-    """What the Training Operator v1 adds to each container of a PyTorchJob pod."""
-    nproc = str(job["spec"].get("nprocPerNode") or "1")
-    nproc_int = int(nproc) if nproc.isdigit() else 1
-    rank = index + 1 if replica_type == "Worker" else index
-    total = _total_replicas(job)
-    env = {"PYTHONUNBUFFERED": "1"}  # envvar.go: "Set PYTHONUNBUFFERED to true"
-    if "Master" in job["spec"]["pytorchReplicaSpecs"]:
-        env.update({
-            "MASTER_PORT": str(master_port), "MASTER_ADDR": "127.0.0.1",
-            "PET_MASTER_PORT": str(master_port), "PET_MASTER_ADDR": "127.0.0.1",
-            "WORLD_SIZE": str(total * nproc_int), "RANK": str(rank),
-            "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(rank),
-        })
-    if job["spec"].get("elasticPolicy") is None:
-        env["PET_NNODES"] = str(total)
-    return env
 
 
 class _Volumes:
@@ -201,7 +179,8 @@ def _resolve_executable(name: str) -> str:
 def _container_env(container: dict[str, Any], *, pod: Pod, namespace: str, mounts: list[tuple[str, str]],
                    local_env: dict[str, str], missing_secrets: list[str]) -> dict[str, str]:
     fields = {"metadata.namespace": namespace, "metadata.name": pod.name,
-              **{f"metadata.annotations['{k}']": v for k, v in pod.annotations.items()}}
+              **{f"metadata.annotations['{k}']": v for k, v in pod.annotations.items()},
+              **{f"metadata.labels['{k}']": v for k, v in pod.labels.items()}}
     env: dict[str, str] = {}
     for item in container.get("env") or []:
         name = item["name"]
@@ -223,35 +202,63 @@ def _container_env(container: dict[str, Any], *, pod: Pod, namespace: str, mount
     return env
 
 
-def _pytorchjob_pods(manifests: list[dict[str, Any]], master_port: int | None) -> tuple[dict[str, Any], list[Pod]]:
-    """The Training Operator v1's pods of the rendered PyTorchJob, with its env on the ``pytorch`` containers."""
+class _Network:
+    """The job's Service names resolve to 127.0.0.1 here; its port is a free local one."""
+
+    ADDRESS_SUFFIXES = ("_ADDR", "_HOST", "_ENDPOINT")
+
+    def __init__(self, services: set[str], ports: set[str], port: int | None):
+        self.services, self.ports, self.port = services, ports, str(port) if port else ""
+
+    def localize(self, name: str, value: str) -> str:
+        host, sep, port = value.partition(":")
+        if not name.endswith(self.ADDRESS_SUFFIXES + ("_PORT",)):
+            return value
+        if value in self.services:
+            return "127.0.0.1"
+        if sep and host in self.services and port in self.ports and self.port:
+            return f"127.0.0.1:{self.port}"
+        if name.endswith("_PORT") and value in self.ports and self.port:
+            return self.port
+        return value
+
+
+def _pytorchjob_pods(manifests: list[dict[str, Any]]) -> tuple[dict[str, Any], op.JobSpec, list[Pod]]:
+    """The pods Training Operator v1.9 creates for the rendered PyTorchJob (:mod:`.operator_v1`)."""
     jobs = find(manifests, "PyTorchJob")
     if len(jobs) != 1:
         raise UserError(f"expected one PyTorchJob in the rendered chart, found {len(jobs)}")
-    job = jobs[0]
-    port = master_port or _master_port(job)
+    job = op.JobSpec.from_manifest(jobs[0])
     pods = []
-    for replica_type, spec in _replica_types(job):
-        for index in range(int(spec.get("replicas", 1))):
-            pod_spec = copy.deepcopy(spec["template"]["spec"])
-            injected = [{"name": k, "value": v} for k, v in operator_env(job, replica_type, index, port).items()]
-            for c in pod_spec.get("containers") or []:
-                c["env"] = upsert_env(c.get("env") or [], injected)
-            pods.append(Pod(f"{job['metadata']['name']}-{replica_type.lower()}-{index}", replica_type, index, pod_spec,
-                            rank0_trainer=TRAINER_CONTAINER if replica_type == "Master" else ""))
-    return job, pods
+    for name, rtype, index in job.pod_names():
+        replica = job.replicas[rtype]
+        meta, pod_spec = replica.template.get("metadata") or {}, copy.deepcopy(replica.template.get("spec") or {})
+        injected_env = [{"name": k, "value": v} for k, v in op.operator_env(job, rtype, index)]
+        for c in pod_spec.get("containers") or []:  # main containers only (envvar.go:49)
+            c["env"] = upsert_env(c.get("env") or [], injected_env)
+        injected = op.injected_init_containers(job, rtype)
+        pod_spec["initContainers"] = list(pod_spec.get("initContainers") or []) + injected
+        rank0 = (rtype == "Master") if job.has_master else (index == 0)
+        pods.append(Pod(name, rtype, index, pod_spec, dict(meta.get("annotations") or {}),
+                        rank0_trainer=TRAINER_CONTAINER if rank0 else "",
+                        labels={**(meta.get("labels") or {}), **op.pod_labels(job, rtype, index)},
+                        restart_policy=op.pod_restart_policy(replica), injected=tuple(c["name"] for c in injected)))
+    return jobs[0], job, pods
 
 
 def build_plan(manifests: list[dict[str, Any]], workdir: str | os.PathLike[str], *,
                local_env: dict[str, str] | None = None, master_port: int | None = None) -> JobPlan:
     """Plan the local processes for the rendered manifests (no side effects but folders)."""
     local_env = dict(os.environ if local_env is None else local_env)
+    spec = None
     if find(manifests, "TrainJob"):
         from . import operator_v2
 
         job, pods = operator_v2.pods(manifests, master_port=master_port or operator_v2.DEFAULT_PORT)
+        network = _Network(set(), set(), None)
     else:
-        job, pods = _pytorchjob_pods(manifests, master_port)
+        job, spec, pods = _pytorchjob_pods(manifests)
+        network = _Network({p.name for p in pods}, {str(spec.port(t)) for t in spec.replicas}, master_port)
     namespace = job["metadata"].get("namespace") or "default"
     workdir = Path(workdir).resolve()
     volumes = _Volumes(workdir, {c["metadata"]["name"]: c for c in find(manifests, "ConfigMap")})
@@ -259,23 +266,36 @@ def build_plan(manifests: list[dict[str, Any]], workdir: str | os.PathLike[str],
     plans: list[PodPlan] = []
     config_file, rank0_mounts = "", {}
     for pod in pods:
-        plan = PodPlan(pod.name, pod.replica_type, pod.index, stage=pod.stage)
+        plan = PodPlan(pod.name, pod.replica_type, pod.index, stage=pod.stage, restart_policy=pod.restart_policy,
+                       grace=float(pod.spec.get("terminationGracePeriodSeconds", 30)))
         folders = {v["name"]: volumes.folder(pod.name, v) for v in pod.spec.get("volumes") or []}
         containers = [(c, True) for c in pod.spec.get("initContainers") or []]
         containers += [(c, False) for c in pod.spec.get("containers") or []]
         for container, is_init in containers:
-            spec = _process(container, is_init, pod, folders, namespace=namespace, workdir=workdir,
-                            local_env=local_env, missing=missing)
-            plan.processes.append(spec)
+            if container["name"] in pod.injected:
+                plan.processes.append(_injected(container, pod, workdir, f"{job['metadata']['name']}-master-0"))
+                continue
+            spec_ = _process(container, is_init, pod, folders, namespace=namespace, workdir=workdir,
+                             local_env=local_env, missing=missing)
+            spec_.env = {k: network.localize(k, v) for k, v in spec_.env.items()}
+            plan.processes.append(spec_)
             if not is_init and container["name"] == pod.rank0_trainer:
-                rank0_mounts = dict(spec.mounts)
-                if "--config" in spec.argv[:-1]:
-                    config_file = spec.argv[spec.argv.index("--config") + 1]
+                rank0_mounts = dict(spec_.mounts)
+                if "--config" in spec_.argv[:-1]:
+                    config_file = spec_.argv[spec_.argv.index("--config") + 1]
         plans.append(plan)
     if missing:
         raise UserError("secrets referenced by the chart are not in the local environment: " + ", ".join(sorted(set(missing))),
                         hint="export those variables before run-local (secrets are never read from files)")
-    return JobPlan(job["metadata"]["name"], namespace, config_file, plans, str(workdir), rank0_mounts)
+    return JobPlan(job["metadata"]["name"], namespace, config_file, plans, str(workdir), rank0_mounts, spec)
+
+
+def _injected(container: dict[str, Any], pod: Pod, workdir: Path, master: str) -> ProcessSpec:
+    """The operator's init-pytorch: run as a wait for the Master's Service (runner.PodRun)."""
+    argv = list(container.get("command") or [])
+    return ProcessSpec(pod.name, container["name"], True, argv, {}, argv,
+                       str(workdir / "pods" / pod.name / f"termination-log.{container['name']}"),
+                       builtin="wait-for-master", wait_for=master)
 
 
 def _process(container: dict[str, Any], is_init: bool, pod: Pod, folders: dict[str, Path], *, namespace: str,
@@ -300,6 +320,7 @@ def _process(container: dict[str, Any], is_init: bool, pod: Pod, folders: dict[s
         env["TMPDIR"] = tmp
     term = workdir / "pods" / pod.name / f"termination-log.{container['name']}"
     env[TERMINATION_LOG_ENV] = str(term)
+    env[EVENTS_FILE_ENV] = str(workdir / EVENTS_FILE)
     env[PATH_MAP_ENV] = ",".join(f"{src}={dst}" for src, dst in mounts)
     # The pod's view (no path mapping; the operator's env is in the pod spec already) for a container runtime.
     pod_env = {k: local_env[k] for k in PASS_THROUGH_ENV if k in local_env}

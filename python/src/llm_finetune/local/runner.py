@@ -1,93 +1,110 @@
-"""Execute a :class:`~llm_finetune.local.plan.JobPlan`: every pod at once, like the cluster.
+"""The node side of run-local: containers as local processes, and pods as the kubelet runs them.
 
-Each pod runs its init containers in order, then its main container; the pods of a stage run
-concurrently (Workers' init containers wait for the Master's downloads, torchrun's
-rendezvous joins the trainers), and a stage starts once every pod of the earlier ones
-succeeded (a TrainJob's ``node`` pods after its ``init`` job: JobSet's ``dependsOn``). Output
-lines are prefixed with ``pod/container`` and kept in ``<workdir>/logs/``. The first process
-that fails stops every other one, and its own termination message and exit code become run-local's. Ctrl-C (exit 130) and SIGTERM (exit
-143) stop all processes.
+* :class:`Node` runs one container (:class:`~.plan.ProcessSpec`) through the runtime's
+  :class:`~.executor.Executor` (a local process group, or a real container with ``--runtime
+  container``), with SIGTERM when run-local dies however it dies (the kernel sends it when the
+  thread that started it ends, and that thread waits for it first) and the workdir lock handed
+  down (``keep_fds``, :mod:`.lock`); streams its output prefixed with ``pod/container`` (also kept
+  in ``<workdir>/logs/<pod>.<container>.log``) and returns its exit code as the kubelet reports it
+  (128+N when signal N killed it).
+* :class:`PodRun` is one pod object of a PyTorchJob (:func:`run_job`, against the Training
+  Operator model :mod:`.operator_v1`): its init containers in order, then its main container;
+  the phase (``Pending`` → ``Running`` → ``Succeeded``/``Failed``) from their exit codes under the
+  pod's own ``restartPolicy`` (``Never`` for the replica policy ``ExitCode``); under
+  ``OnFailure``/``Always`` a failed container restarts in place (``restartCount``) after the
+  kubelet's back-off (10 s, doubling, at most 300 s); ``Ready`` once the main container runs (no
+  probes). Deleting it sends SIGTERM, then SIGKILL after the grace period.
+* :class:`Runner` runs a TrainJob's pods (:mod:`.operator_v2`): the pods of a stage concurrently,
+  a stage once every pod of the earlier ones succeeded (JobSet's ``dependsOn``); the first
+  process that fails stops every other one, and its termination message and exit code become
+  run-local's.
+
+Ctrl-C (exit 130) and SIGTERM (exit 143) stop every pod.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..core.errors import EXIT_INTERRUPTED, FinetuneError, Terminated
 from .executor import Executor, ProcessExecutor
+from .operator_v1 import INIT_CONTAINER_MAX_TRIES, INIT_CONTAINER_SLEEP_SECONDS, JobResult, OperatorLoop, PodStatus
 from .plan import JobPlan, PodPlan, ProcessSpec
 
 log = logging.getLogger(__name__)
 
+BACKOFF_START, BACKOFF_MAX = 10.0, 300.0  # kubelet's container restart back-off (CrashLoopBackOff)
+
 
 class StepFailed(FinetuneError):
-    """A pod's container failed: carries that container's exit code and message."""
+    """The job failed: carries the failing container's exit code and message."""
 
-    def __init__(self, spec: ProcessSpec, code: int, message: str):
+    def __init__(self, spec: ProcessSpec | None, code: int, message: str):
         self.exit_code = code
         self.spec = spec
-        super().__init__(message or f"exited with code {code}", field=f"{spec.pod}/{spec.container}")
+        where = f"{spec.pod}/{spec.container}" if spec else None
+        super().__init__(message or f"exited with code {code}", field=where)
 
 
-@dataclass
-class _Outcome:
-    spec: ProcessSpec
-    code: int
+class Node:
+    """Runs containers through a runtime's executor, like a node's kubelet (see the module docstring)."""
 
-
-class Runner:
-    def __init__(self, plan: JobPlan, *, stream=None, keep_fds: tuple[int, ...] = (), executor: Executor | None = None):
-        self.plan = plan
-        self.keep_fds = keep_fds  # handed to every process (the workdir lock: local/lock.py)
-        self.stream = stream or sys.stdout
+    def __init__(self, workdir: str | os.PathLike[str], *, stream=None, keep_fds: tuple[int, ...] = (),
+                 executor: Executor | None = None):
         self.executor = executor or ProcessExecutor()
+        self.stream = stream or sys.stdout
+        self.workdir = str(workdir)
+        self.keep_fds = keep_fds  # handed to every process (the workdir lock: local/lock.py)
         self.lock = threading.Lock()
-        self.procs: list[tuple[ProcessSpec, subprocess.Popen]] = []
-        self.failure: _Outcome | None = None
-        self.stopping = threading.Event()
-        self.logs = Path(plan.workdir) / "logs"
+        self.running: dict[str, list[tuple[ProcessSpec, subprocess.Popen]]] = {}
+        self.logs = Path(workdir) / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
-    # -- process control --------------------------------------------------
-    def _start(self, spec: ProcessSpec) -> subprocess.Popen | None:
+    def run(self, spec: ProcessSpec, short: str, cancelled: threading.Event) -> int | None:
+        """Run ``spec`` to its end in this thread; its exit code, or None when ``cancelled`` before it started."""
+        Path(spec.termination_log).parent.mkdir(parents=True, exist_ok=True)
+        Path(spec.termination_log).unlink(missing_ok=True)
         with self.lock:
-            if self.stopping.is_set():
+            if cancelled.is_set():
                 return None
-            Path(spec.termination_log).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.unlink(spec.termination_log)
-            except FileNotFoundError:
-                pass
-            # The executor starts it in its own session, with SIGTERM when run-local dies, however it dies: the
-            # kernel sends it when the thread that started it ends, and _run_pod waits for it first.
-            proc = self.executor.start(spec, self.plan.workdir, self.keep_fds)
-            self.procs.append((spec, proc))
-            return proc
+            proc = self.executor.start(spec, self.workdir, self.keep_fds)
+            self.running.setdefault(spec.pod, []).append((spec, proc))
+        try:
+            self._pump(spec, short, proc)
+            code = proc.wait()
+        finally:
+            with self.lock:
+                self.running[spec.pod].remove((spec, proc))
+        return 128 - code if code < 0 else code
 
-    def stop_all(self, sig: int = signal.SIGTERM, grace: float = 20.0) -> None:
-        self.stopping.set()
+    def say(self, spec: ProcessSpec, short: str, line: str) -> None:
+        """A line in the container's log, as if the container printed it."""
+        with open(self.logs / f"{spec.pod}.{spec.container}.log", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
         with self.lock:
-            procs = [(s, p) for s, p in self.procs if p.poll() is None]
-        for s, p in procs:
-            self.executor.signal(s, p, sig)
-        deadline = time.monotonic() + grace
-        for s, p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.executor.signal(s, p, signal.SIGKILL)
-                p.wait()
+            print(f"[{short}/{spec.container}] {line}", file=self.stream, flush=True)
 
-    def _pump(self, pod: PodPlan, spec: ProcessSpec, proc: subprocess.Popen) -> None:
-        prefix = f"[{pod.short}/{spec.container}] "
+    def signal_pod(self, pod: str, sig: int) -> None:
+        with self.lock:
+            procs = list(self.running.get(pod, []))
+        for spec, proc in procs:
+            self.executor.signal(spec, proc, sig)
+
+    def pods_running(self) -> list[str]:
+        with self.lock:
+            return [pod for pod, procs in self.running.items() if procs]
+
+    def _pump(self, spec: ProcessSpec, short: str, proc: subprocess.Popen) -> None:
+        prefix = f"[{short}/{spec.container}] "
         with open(self.logs / f"{spec.pod}.{spec.container}.log", "ab") as fh:
             assert proc.stdout is not None
             for raw in iter(proc.stdout.readline, b""):
@@ -97,18 +114,208 @@ class Runner:
                 with self.lock:
                     print(prefix + line, file=self.stream, flush=True)
 
-    # -- pods ---------------------------------------------------------------
+
+def stop_pods(node: Node, pods: list[str], sig: int, grace: float,
+              alive: Callable[[], bool]) -> None:
+    """Signal ``pods``' processes with ``sig``; SIGKILL what is still running after ``grace`` seconds."""
+    for pod in pods:
+        node.signal_pod(pod, sig)
+    deadline = time.monotonic() + grace
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive():
+        for pod in pods:
+            node.signal_pod(pod, signal.SIGKILL)
+
+
+class PodRun:
+    """One pod object of a PyTorchJob, from creation until it is gone (kubelet semantics, see the module docstring)."""
+
+    def __init__(self, plan: PodPlan, node: Node, *, service_ready: Callable[[str], bool]):
+        self.plan = plan
+        self.node = node
+        self.service_ready = service_ready  # DNS of another pod's Service answers once that pod is Ready
+        self.status = PodStatus(plan.name, plan.replica_type, plan.index)
+        self.ready = False
+        self.cancelled = threading.Event()
+        self.gone = threading.Event()
+        self.failed_spec: ProcessSpec | None = None
+        self.finished_at = 0.0
+        self.thread = threading.Thread(target=self._run, name=plan.name, daemon=True)
+
+    def start(self) -> "PodRun":
+        # A new pod: fresh emptyDir and ephemeral volumes (claims are outside pods/<pod>/volumes).
+        shutil.rmtree(Path(self.node.workdir) / "pods" / self.plan.name / "volumes", ignore_errors=True)
+        for spec in self.plan.processes:
+            for _, folder in spec.mounts:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+        self.thread.start()
+        return self
+
+    def delete(self, sig: int = signal.SIGTERM) -> None:
+        """``kubectl delete pod``: ``sig`` (SIGTERM) to every container, SIGKILL after the grace period."""
+        if self.status.deleting:
+            return
+        self.status.deleting = True
+        self.cancelled.set()
+        threading.Thread(target=self._terminate, args=(sig,), name=f"{self.plan.name}-delete", daemon=True).start()
+
+    def _terminate(self, sig: int) -> None:
+        stop_pods(self.node, [self.plan.name], sig, self.plan.grace, self.thread.is_alive)
+        self.thread.join()
+        self.gone.set()
+
+    def _run(self) -> None:
+        try:
+            self._lifecycle()
+        finally:
+            self.finished_at = time.monotonic()
+
+    def _lifecycle(self) -> None:
+        for spec in (s for s in self.plan.processes if s.init):
+            if not self._until_done(spec, init=True):
+                return
+        self.status.phase, self.ready = "Running", True
+        for spec in (s for s in self.plan.processes if not s.init):  # the chart's pods have one main container
+            self._until_done(spec, init=False)
+
+    def _until_done(self, spec: ProcessSpec, *, init: bool) -> bool:
+        """Run a container until it ends for good: restarted in place unless the pod's policy says not to."""
+        delay = BACKOFF_START
+        while True:
+            code = self._exec(spec)
+            if code is None or self.cancelled.is_set():
+                return False
+            if not init:
+                self.status.pytorch_exit_code = code
+            policy = self.plan.restart_policy
+            if code == 0 and (init or policy != "Always"):
+                if not init:
+                    self.status.phase = "Succeeded"
+                return True
+            if code != 0 and policy == "Never":
+                self.status.phase, self.failed_spec = "Failed", spec
+                return False
+            self.status.restart_count += 1
+            if self.cancelled.wait(delay):
+                return False
+            delay = min(BACKOFF_MAX, delay * 2)
+
+    def _exec(self, spec: ProcessSpec) -> int | None:
+        if spec.builtin == "wait-for-master":
+            return self._wait_for_master(spec)
+        return self.node.run(spec, self.plan.short, self.cancelled)
+
+    def _wait_for_master(self, spec: ProcessSpec) -> int | None:
+        """The operator's init-pytorch: ``nslookup <job>-master-0`` every 2 s, ``maxTries`` times.
+
+        The Master's headless Service has no ``publishNotReadyAddresses``
+        (kubeflow/training-operator@v1.9.0:pkg/controller.v1/common/service.go:221-236): its name
+        resolves once the Master pod is Ready.
+        """
+        for _ in range(INIT_CONTAINER_MAX_TRIES):
+            if self.service_ready(spec.wait_for):
+                return 0
+            self.node.say(spec, self.plan.short, "waiting for master")
+            if self.cancelled.wait(INIT_CONTAINER_SLEEP_SECONDS):
+                return None
+        return 1
+
+
+def _on_stop_signals(stop: Callable[[int], None]) -> Callable[[], list[int]]:
+    """SIGINT/SIGTERM call ``stop(signum)`` once (main thread only); returns what restores the handlers
+    and says which signal stopped the run."""
+    stopped_by: list[int] = []
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        if not stopped_by:
+            stopped_by.append(signum)
+            threading.Thread(target=stop, args=(signum,), daemon=True).start()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+
+    def restore() -> list[int]:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        return stopped_by
+
+    return restore
+
+
+def _raise_if_stopped(stopped_by: list[int]) -> None:
+    if stopped_by == [signal.SIGINT]:
+        raise KeyboardInterrupt
+    if stopped_by:
+        raise Terminated(hint="every process of the job was stopped (SIGTERM: trainers save a checkpoint first)")
+
+
+def run_job(plan: JobPlan, *, max_pod_starts: int = 10, stream=None, keep_fds: tuple[int, ...] = (),
+            executor: Executor | None = None) -> tuple[JobResult, PodRun | None]:
+    """Run a PyTorchJob as the cluster would (operator + kubelets) until it finished.
+
+    Returns the result and the pod whose failure ended the job (the latest failed one), if any.
+    """
+    node = Node(plan.workdir, stream=stream, keep_fds=keep_fds, executor=executor)
+    plans = {p.name: p for p in plan.pods}
+    runs: list[PodRun] = []
+    Path(plan.events_file).unlink(missing_ok=True)
+
+    def start_pod(name: str) -> PodRun:
+        run = PodRun(plans[name], node, service_ready=loop.ready)
+        runs.append(run)
+        return run.start()
+
+    loop = OperatorLoop(plan.job, start_pod, events_file=plan.events_file, max_pod_starts=max_pod_starts)
+    stopping = threading.Event()
+
+    def stop(signum: int) -> None:
+        stopping.set()
+        loop.stop_all(signum)
+
+    restore = _on_stop_signals(stop)
+    try:
+        node.executor.prepare(plan)
+        result = loop.run_until(stopping)
+    finally:
+        stopped_by = restore()
+        loop.stop_all()
+        node.executor.finish(plan)
+    _raise_if_stopped(stopped_by)
+    failed = [r for r in runs if r.status.phase == "Failed"]
+    return result, (max(failed, key=lambda r: r.finished_at) if failed else None)
+
+
+def failure_message(run: PodRun) -> str:
+    """The failed container's termination message (its one line)."""
+    spec = run.failed_spec
+    try:
+        return Path(spec.termination_log).read_text(encoding="utf-8").strip() if spec else ""
+    except OSError:
+        return ""
+
+
+class Runner:
+    """A TrainJob's pods in stages (see the module docstring)."""
+
+    def __init__(self, plan: JobPlan, *, stream=None, keep_fds: tuple[int, ...] = (), executor: Executor | None = None):
+        self.plan = plan
+        self.node = Node(plan.workdir, stream=stream, keep_fds=keep_fds, executor=executor)
+        self.failure: tuple[ProcessSpec, int] | None = None
+        self.stopping = threading.Event()
+
+    def stop_all(self, sig: int = signal.SIGTERM, grace: float = 20.0) -> None:
+        self.stopping.set()
+        stop_pods(self.node, self.node.pods_running(), sig, grace, lambda: bool(self.node.pods_running()))
+
     def _run_pod(self, pod: PodPlan) -> None:
         for spec in pod.processes:
-            proc = self._start(spec)
-            if proc is None:
+            code = self.node.run(spec, pod.short, self.stopping)
+            if code is None:
                 return
-            self._pump(pod, spec, proc)
-            code = proc.wait()
             if code != 0:
-                with self.lock:
-                    if self.failure is None and not self.stopping.is_set():
-                        self.failure = _Outcome(spec, code)
+                if self.failure is None and not self.stopping.is_set():
+                    self.failure = (spec, code)
                 threading.Thread(target=self.stop_all, daemon=True).start()
                 return
             if self.stopping.is_set():
@@ -116,17 +323,9 @@ class Runner:
 
     def run(self) -> None:
         """Run every pod; raise :class:`StepFailed` with the failing step's message and code."""
-        stopped_by: list[int] = []  # SIGINT (Ctrl-C) or SIGTERM: every pod is stopped with it
-
-        def on_signal(signum, frame):  # noqa: ARG001
-            if not stopped_by:
-                stopped_by.append(signum)
-                threading.Thread(target=self.stop_all, kwargs={"sig": signum}, daemon=True).start()
-
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+        restore = _on_stop_signals(lambda signum: self.stop_all(signum))
         try:
-            self.executor.prepare(self.plan)
+            self.node.executor.prepare(self.plan)
             for stage in sorted({p.stage for p in self.plan.pods}):  # a later stage waits for the earlier ones (dependsOn)
                 if self.failure or self.stopping.is_set():
                     break
@@ -138,20 +337,14 @@ class Runner:
                     while t.is_alive():
                         t.join(0.2)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            stopped_by = restore()
             self.stop_all(grace=5.0)
-            self.executor.finish(self.plan)
-        if stopped_by == [signal.SIGINT]:
-            raise KeyboardInterrupt
-        if stopped_by:
-            raise Terminated(hint="every process of the job was stopped (SIGTERM: trainers save a checkpoint first)")
+            self.node.executor.finish(self.plan)
+        _raise_if_stopped(stopped_by)
         if self.failure:
-            spec, code = self.failure.spec, self.failure.code
+            spec, code = self.failure
             try:
                 message = Path(spec.termination_log).read_text(encoding="utf-8").strip()
             except OSError:
                 message = ""
-            if code < 0:  # killed by a signal
-                code = 128 - code
             raise StepFailed(spec, code or EXIT_INTERRUPTED, message)

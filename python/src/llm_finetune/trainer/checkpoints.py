@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import time
@@ -33,27 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError, Terminated
-from ..core.volume import atomic_write_json, read_json, walk_files
+from ..core.volume import CHECKPOINT_MARKER as MARKER
+from ..core.volume import atomic_write_json, list_checkpoints, read_json, walk_files
+from ..core.volume import checkpoint_step as step_of
 from .dist import Ranks, gather_rank_files
 
 log = logging.getLogger(__name__)
 
-MARKER = ".llm-finetune-complete.json"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def step_of(path: str | os.PathLike[str]) -> int | None:
-    m = _CHECKPOINT.match(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def list_checkpoints(checkpoints_dir: str | os.PathLike[str]) -> list[Path]:
-    """``checkpoint-N`` folders, newest (highest N) first."""
-    d = Path(checkpoints_dir)
-    if not d.is_dir():
-        return []
-    found = [p for p in d.iterdir() if p.is_dir() and step_of(p) is not None]
-    return sorted(found, key=lambda p: step_of(p) or 0, reverse=True)
 
 
 def checkpoint_files(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

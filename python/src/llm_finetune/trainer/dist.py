@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.volume import unwritable_reason
+
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 64 << 20  # broadcast files in 64 MiB pieces
@@ -62,15 +64,7 @@ def scratch_root(run_name: str) -> Path:
 
 def writable_dir(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` exists (or can be created) and a file can be written in it."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".llm-finetune-probe-", dir=p)
-        os.close(fd)
-        os.unlink(probe)
-        return True
-    except OSError:
-        return False
+    return unwritable_reason(path) is None
 
 
 def _initialized() -> bool:

@@ -121,11 +121,15 @@ def _quiet_libraries() -> None:
 
 
 def _check_run_dir(cfg: JobConfig) -> None:
+    from ..core.volume import unwritable_reason
+
     for d in (cfg.checkpoints_dir, cfg.logs_dir):
-        if not writable_dir(d):
-            raise UserError(f"rank 0 cannot write to {d}", field="paths.run",
-                            hint="the Master needs the claim mounted read-write (storage.existingClaim, "
-                                 "storage.perPod.outputToClaim)")
+        reason = unwritable_reason(d)
+        if reason is not None:
+            raise UserError(f"rank 0 cannot write to {d}: {reason}", field="paths.run",
+                            hint="rank 0 needs the claim mounted read-write (storage.existingClaim, "
+                                 "storage.perPod.outputToClaim) and writable for podSecurityContext.runAsUser: "
+                                 "a volume whose driver ignores fsGroup keeps a root-owned root directory")
 
 
 def finished_before(run: Run) -> bool:

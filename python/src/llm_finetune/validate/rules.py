@@ -22,7 +22,13 @@ from .prompt import rule_prompt_template
 
 MISSING: Any = object()
 GPU_RESOURCE = "nvidia.com/gpu"
-SHAREABLE_ACCESS_MODES = ("ReadWriteMany", "ReadOnlyMany")
+# A claim several pods mount: every pod mounts it read-write (both backends), so only ReadWriteMany
+# works. ReadWriteOnce + ReadOnlyMany (the v1 SDK's default) does not: aws-ebs-csi-driver refuses
+# MULTI_NODE_READER_ONLY (kubernetes-sigs/aws-ebs-csi-driver@v1.64.0:pkg/driver/controller.go:783-803,
+# the PVC stays Pending), local-path-provisioner refuses anything but RWO/RWOP
+# (rancher/local-path-provisioner@v0.0.37:provisioner.go:381-385), and a block volume attached
+# read-only on another node does not see what the writer's node has in its page cache.
+SHAREABLE_ACCESS_MODES = ("ReadWriteMany",)
 PYTORCHJOB, TRAINJOB = "pytorchjob", "trainjob"  # values.backend
 # Set by Kubeflow Trainer's torch plugin; its webhook rejects them in spec.trainer.env
 # (kubeflow/trainer v2.3.0 pkg/constants/constants.go TorchRunReservedEnvNames).
@@ -114,9 +120,9 @@ def shared_storage_problem(mode: str, num_workers: int, access_modes: list[str],
     """A claim several pods mount needs access modes that several nodes can use; None when fine.
 
     Used by the values rule (the claim the chart creates) and by the preflight (an existing claim).
-    PyTorchJob: in shared mode Workers mount the claim read-only (ReadWriteMany, or ReadWriteOnce +
-    ReadOnlyMany). TrainJob: the node pods of an Indexed Job share one pod template, so every pod
-    mounts the claim read-write, in shared mode and (for the output) in perPod mode: ReadWriteMany.
+    Every pod mounts it read-write: PyTorchJob's Workers (one template; a Master only in perPod
+    mode, where it alone mounts the claim) and a TrainJob's node pods (an Indexed Job's one
+    template, in shared mode and, for the output, in perPod mode): ReadWriteMany.
     """
     v2 = backend == TRAINJOB
     if not claim_is_shared(mode, num_workers, backend, output_to_claim):
@@ -127,13 +133,15 @@ def shared_storage_problem(mode: str, num_workers: int, access_modes: list[str],
     elif v2:
         fix = "use a ReadWriteMany claim, or set storage.mode=perPod with storage.perPod.outputToClaim=false"
     else:
-        fix = "use ReadWriteMany (or ReadWriteOnce + ReadOnlyMany) on a storage class that supports it, or set storage.mode=perPod (works with any storage class)"
+        fix = ("use ReadWriteMany on a storage class that supports it (NFS, EFS, CephFS, Filestore...), "
+               "or set storage.mode=perPod (works with any storage class)")
     if "ReadWriteOncePod" in access_modes:
         return Problem(where, f"{what} is ReadWriteOncePod: only one pod can mount it, but {num_workers} pods share it in {mode} mode",
                        fix, ERROR, "storage-sharing")
-    if not any(m in access_modes for m in (("ReadWriteMany",) if v2 else SHAREABLE_ACCESS_MODES)):
+    if not any(m in access_modes for m in SHAREABLE_ACCESS_MODES):
         why = (f"backend trainjob mounts it read-write in all {num_workers} node pods (a TrainJob's nodes share one pod template)"
-               if v2 else f"{num_workers} pods on different nodes cannot all mount it in shared mode")
+               if v2 else f"{num_workers} pods on different nodes mount it read-write in shared mode, which needs "
+               "ReadWriteMany (ReadOnlyMany is refused by common drivers: aws-ebs-csi-driver, local-path-provisioner)")
         return Problem(where, f"{what} has access modes {access_modes or '[]'}: {why}", fix, ERROR, "storage-sharing")
     return None
 
@@ -180,9 +188,8 @@ def rule_storage_sharing(v: dict[str, Any]) -> Iterator[Problem]:
         return
     claim = get(v, "storage.existingClaim", "")
     if claim:
-        needed = "ReadWriteMany" if backend == TRAINJOB else "ReadWriteMany (or ReadWriteOnce + ReadOnlyMany)"
         yield Problem("storage.existingClaim", f"{mode} mode with {workers} pods: the access modes of claim {claim!r} are not known here",
-                      f"it must be {needed}; the preflight hook checks it in the cluster", WARNING, "storage-sharing")
+                      "it must be ReadWriteMany; the preflight hook checks it in the cluster", WARNING, "storage-sharing")
         return
     modes = get(v, "storage.accessModes")
     if isinstance(modes, list):  # absent in a config view (preflight): the created claim's modes are unknown there
@@ -234,7 +241,7 @@ def _resource_maps(v: dict[str, Any]) -> Iterator[tuple[str, bool, dict[str, Any
 
 
 def rule_quantities(v: dict[str, Any]) -> Iterator[Problem]:
-    for path in ("storage.size", "storage.perPod.size", "job.shmSizeLimit"):
+    for path in ("storage.size", "storage.perPod.size", "job.shmSizeLimit", "job.tmpSizeLimit"):
         raw = get(v, path)
         if raw is MISSING or raw in ("", None):
             continue
@@ -377,9 +384,64 @@ def rule_defaults(v: dict[str, Any]) -> Iterator[Problem]:
                       "set it to steps or epoch, or drop the evaluation data", NOTICE, "defaults")
 
 
+def rule_shm(v: dict[str, Any]) -> Iterator[Problem]:
+    """/dev/shm is memory-backed: what the trainer writes there is charged to its memory limit."""
+    raw_shm, raw_mem = get(v, "job.shmSizeLimit"), trainer_resources(v)["limits"].get("memory")
+    if raw_shm in (MISSING, None, "") or raw_mem in (None, ""):
+        return
+    try:
+        shm, mem = parse_quantity(raw_shm), parse_quantity(raw_mem)
+    except ValueError:
+        return  # rule_quantities reports it
+    if shm >= mem:
+        yield Problem("job.shmSizeLimit", f"{raw_shm} of /dev/shm is not less than the trainer's memory limit {raw_mem}: "
+                      "pages written there count against that limit, so filling it OOM-kills the trainer (exit 137)",
+                      "lower job.shmSizeLimit (2Gi-4Gi is plenty for DataLoader workers and NCCL) or raise the memory limit",
+                      WARNING, "shm")
+    elif shm * 2 > mem:
+        yield Problem("job.shmSizeLimit", f"{raw_shm} of /dev/shm is more than half the trainer's memory limit {raw_mem}: "
+                      "what is written there counts against the limit", "lower job.shmSizeLimit or raise the memory limit",
+                      WARNING, "shm")
+
+
+def has_master(v: dict[str, Any]) -> bool:
+    """The PyTorchJob's topology (llm-finetune.hasMaster): a Master only for perPod + the claim + several pods."""
+    workers = _int(get(v, "job.numWorkers"))
+    return (get(v, "backend", PYTORCHJOB) == PYTORCHJOB and get(v, "storage.mode") == "perPod"
+            and get(v, "storage.perPod.outputToClaim") is True and workers is not None and workers > 1)
+
+
+def rule_cluster_semantics(v: dict[str, Any]) -> Iterator[Problem]:
+    """What the Training Operator v1.9 and Kueue do with these values on a real cluster (backend pytorchjob)."""
+    if get(v, "backend", PYTORCHJOB) != PYTORCHJOB:
+        return
+    if has_master(v):
+        yield Problem("storage.mode", "perPod mode with the claim and several pods needs a Master replica, so the Training "
+                      "Operator adds its init-pytorch container to every Worker (image alpine:3.10 from Docker Hub, no "
+                      "securityContext): a namespace enforcing Pod Security \"restricted\" rejects those pods, and an "
+                      "air-gapped cluster cannot pull the image",
+                      "have the operator started with --pytorch-init-container-template-file (a template with "
+                      "allowPrivilegeEscalation: false and capabilities.drop: [ALL]) and --pytorch-init-container-image "
+                      "(a mirror); or use shared mode with a ReadWriteMany claim, or storage.perPod.outputToClaim=false",
+                      WARNING, "cluster")
+    no_ledger = get(v, "storage.mode") == "perPod" and get(v, "storage.perPod.outputToClaim") is False
+    no_limit = get(v, "job.runPolicy.backoffLimit", None) is None  # null (Helm drops the key)
+    if (no_ledger or no_limit) and get(v, "job.restartPolicy") == "ExitCode" and get(v, "job.runPolicy.activeDeadlineSeconds", None) is None:
+        why = "no claim keeps the pods' attempt count" if no_ledger else "job.runPolicy.backoffLimit is null"
+        yield Problem("job.runPolicy.activeDeadlineSeconds", f"{why}: a failure the operator retries (exit >= 128) "
+                      "recreates the pod without limit", "set job.runPolicy.activeDeadlineSeconds (a time limit for the job)",
+                      WARNING, "cluster")
+    if get(v, "job.queueName", ""):
+        yield Problem("job.queueName", "Kueue >= v0.19 no longer enables its kubeflow.org/pytorchjob integration by "
+                      "default: without it the queue label is ignored and the job starts at once, outside the quota",
+                      "make sure the Kueue Configuration's integrations.frameworks lists kubeflow.org/pytorchjob",
+                      NOTICE, "cluster")
+
+
 RULES: tuple[Callable[[dict[str, Any]], Iterator[Problem]], ...] = (
     rule_names, rule_storage_sharing, rule_backend, rule_quantities, rule_gpu_procs, rule_uris, rule_secrets,
-    rule_method_and_task, rule_credentials, rule_env, rule_prompt_template, rule_defaults,
+    rule_method_and_task, rule_credentials, rule_env, rule_prompt_template, rule_defaults, rule_shm,
+    rule_cluster_semantics,
 )
 
 

@@ -1,4 +1,7 @@
-"""The few Kubernetes API calls the hooks make, with errors a person can act on.
+"""The few Kubernetes API calls the chart's commands make, with errors a person can act on.
+
+The hooks (preflight, verify) read what they check; a failing job pod posts its one-line
+message as an Event on its PyTorchJob (:mod:`.events`).
 
 In a pod the client uses the in-cluster ServiceAccount; elsewhere ``$KUBECONFIG`` /
 ``~/.kube/config`` (tests point it at a small HTTP fixture). The namespace is
@@ -15,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..core.errors import ExternalError, UserError
+from .errors import ExternalError, UserError
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3
