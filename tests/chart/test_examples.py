@@ -121,8 +121,8 @@ def test_pytorchjob_matches_the_crd_schema(helm4, case, argocd_values, crd_valid
 
 def test_crd_validator_catches_unknown_and_mistyped_fields(helm4, crd_validator):
     job = pytorchjob(render(helm4))
-    job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
-    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["commnd"] = ["x"]
+    job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] = "one"
+    job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["commnd"] = ["x"]
     messages = " ".join(e.message for e in crd_validator.iter_errors(job))
     assert "'one' is not of type 'integer'" in messages and "commnd" in messages
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from fixtures import crds
-from fixtures.render import container, env, find, one, pod_spec, pytorchjob, render
+from fixtures.render import container, env, find, one, pod_spec, pytorchjob, rank0_role, render
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES_DIR = REPO / "values-examples"
@@ -210,23 +210,55 @@ def test_argocd_syncs_the_runtime_in_presync_before_the_trainjob(helm4, example_
 
 # --------------------------------------------------------------------------- the same pods as the PyTorchJob's
 POD_FIELDS_OWN = {"containers", "initContainers", "volumes", "restartPolicy"}
+# What only the PyTorchJob's pods carry (issue 14, docs/ARCHITECTURE "Failures on a cluster"): the
+# initializer's outcome handed to the pytorch container (the only one whose exit code the Training
+# Operator reads), the attempt ledger's pod identity, torchrun's rendezvous env for a Workers-only
+# job, the API token for the failure Event, /tmp's ephemeral-storage request, and the output
+# claim in the Master's initializer (its writability check). The TrainJob's
+# JobSet fails the job on the initializer's own exit code, so none of it is needed there.
+V1_ONLY_ENV = {"PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NODE_RANK", "PET_RDZV_CONF", "LLM_FINETUNE_JOB_EVENTS",
+               "LLM_FINETUNE_POD_NAME", "LLM_FINETUNE_POD_INDEX", "POD_NAMESPACE"}
+V1_ONLY_ARGS = {"--shared", "--outcome", "--initializer-outcome"}
+
+
+def _without_v1_failure_plumbing(spec: dict) -> dict:
+    spec = json.loads(json.dumps(spec))
+    spec.pop("automountServiceAccountToken", None)
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        c["env"] = [e for e in c.get("env", []) if e["name"] not in V1_ONLY_ENV]
+        args, c["command"] = c["command"], []
+        while args:
+            arg, args = args[0], args[1:]
+            if arg in V1_ONLY_ARGS:
+                args = args[1:] if arg != "--shared" else args
+            else:
+                c["command"].append(arg)
+        c.pop("ports", None)  # the operator's pytorchjob-port on rank 0 (common/service.go)
+        if c in spec.get("initContainers", []):  # the Master's initializer checks /output is writable
+            c["volumeMounts"] = [m for m in c["volumeMounts"] if m["mountPath"] != "/output"]
+        requests = c.get("resources", {}).get("requests", {})
+        requests.pop("ephemeral-storage", None)
+        if not requests:
+            c.get("resources", {}).pop("requests", None)
+    return spec
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_the_pods_run_the_same_containers_as_the_pytorchjob_master(helm4, case, example_files):
     files = example_files(case)
     v1, v2 = render(helm4, V1, files=files), render(helm4, V2, files=files)
-    master, job = pod_spec(v1, "Master"), trainjob(v2)
+    master, job = _without_v1_failure_plumbing(pod_spec(v1)), trainjob(v2)  # rank 0
     node = rjob_pod(v2, "node")
     per_pod = "init" not in rjobs(v2)
     init_pod = node if per_pod else rjob_pod(v2, "init")
     # pod-level settings: the same helper output; restartPolicy Never (podFailurePolicy needs it)
     for pod in (node, init_pod):
-        assert {k: v for k, v in pod.items() if k not in POD_FIELDS_OWN} == \
+        assert {k: v for k, v in pod.items() if k not in POD_FIELDS_OWN | {"automountServiceAccountToken"}} == \
                {k: v for k, v in master.items() if k not in POD_FIELDS_OWN}
+        assert pod["automountServiceAccountToken"] is False
         assert pod["restartPolicy"] == "Never"
     assert rjobs(v2)["node"]["template"]["spec"]["template"]["metadata"] == \
-        pytorchjob(v1)["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]
+        pytorchjob(v1)["spec"]["pytorchReplicaSpecs"][rank0_role(v1)]["template"]["metadata"]
     # the initializer: the Master's storage-initializer, under its own name
     initializer = container(init_pod, "initializer")
     assert {**initializer, "name": "storage-initializer"} == container(master, "storage-initializer")

@@ -425,10 +425,8 @@ def rule_cluster_semantics(v: dict[str, Any]) -> Iterator[Problem]:
                       "(a mirror); or use shared mode with a ReadWriteMany claim, or storage.perPod.outputToClaim=false",
                       WARNING, "cluster")
     no_ledger = get(v, "storage.mode") == "perPod" and get(v, "storage.perPod.outputToClaim") is False
-    no_limit = get(v, "job.runPolicy.backoffLimit", None) is None  # null (Helm drops the key)
-    if (no_ledger or no_limit) and get(v, "job.restartPolicy") == "ExitCode" and get(v, "job.runPolicy.activeDeadlineSeconds", None) is None:
-        why = "no claim keeps the pods' attempt count" if no_ledger else "job.runPolicy.backoffLimit is null"
-        yield Problem("job.runPolicy.activeDeadlineSeconds", f"{why}: a failure the operator retries (exit >= 128) "
+    if no_ledger and get(v, "job.restartPolicy") == "ExitCode" and get(v, "job.runPolicy.activeDeadlineSeconds", None) is None:
+        yield Problem("job.runPolicy.activeDeadlineSeconds", "no claim keeps the pods' attempt count: a failure the operator retries (exit >= 128) "
                       "recreates the pod without limit", "set job.runPolicy.activeDeadlineSeconds (a time limit for the job)",
                       WARNING, "cluster")
     if get(v, "job.queueName", ""):
