@@ -8,12 +8,12 @@ import re
 
 import pytest
 
-from fixtures.render import CHART, render_text
+from fixtures.render import CHART, pod_spec, render_text
 from llm_finetune.core.errors import UserError
 from llm_finetune.validate import validate_values
 from llm_finetune.validate import values as V
 from llm_finetune.validate.credentials import CREDENTIAL_RE
-from llm_finetune.validate.envvars import CHART_ENV, TRAINER_ENV
+from llm_finetune.validate.envvars import CHART_ENV, OPERATOR_ENV, POD_ENV, PYTORCHJOB_TRAINER_ENV, TRAINER_ENV
 
 SCHEMA = V.load_schema(CHART)
 DEFAULTS = V.chart_defaults(CHART)
@@ -51,6 +51,8 @@ CORPUS = [
     ("value and valueFrom", {"job": {"env": [{"name": "X", "value": "a", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}}, "job.env[0].value", "not allowed here", "value"),
     ("env name the chart sets", {"job": {"env": [{"name": "HOME", "value": "/home/me"}]}}, "job.env[0].name", "HOME is already set by the chart", "job.env[0].name: HOME is already set"),
     ("initializer env name the chart sets", {"initializer": {"env": [{"name": "HF_HOME", "value": "/x"}]}}, "initializer.env[0].name", "HF_HOME is already set by the chart", "initializer.env[0].name: HF_HOME is already set"),
+    ("env name the chart sets on a PyTorchJob pod", {"initializer": {"env": [{"name": "POD_NAMESPACE", "value": "x"}]}},
+     "initializer.env[0].name", "POD_NAMESPACE is already set by the chart", "initializer.env[0].name: POD_NAMESPACE is already set"),
     ("env name twice", {"initializer": {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}}, "initializer.env[1].name", "also set by initializer.env[0]", "initializer.env[1].name"),
     ("env name the operator sets", {"job": {"env": [{"name": "MASTER_ADDR", "value": "x"}]}}, "job.env[0].name", "Training Operator", None),
     ("fullnameOverride digit", {"fullnameOverride": "1ft"}, "fullnameOverride", "DNS-1035 label", "fullnameOverride"),
@@ -119,11 +121,14 @@ def test_chart_env_names_are_the_ones_the_chart_renders(helm4):
     import yaml
 
     docs = [d for d in yaml.safe_load_all(render_text(helm4)) if d]
-    job = next(d for d in docs if d["kind"] == "PyTorchJob")
-    spec = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    spec = pod_spec(docs)  # rank 0 (Worker 0 in the default Workers-only job)
     init = {e["name"] for e in spec["initContainers"][0]["env"]}
     trainer = {e["name"] for e in spec["containers"][0]["env"]}
-    assert init == set(CHART_ENV) and trainer == set(CHART_ENV) | set(TRAINER_ENV)
+    assert init == set(CHART_ENV) | set(POD_ENV)
+    # without a Master the chart sets the static rendezvous the operator would (PET_MASTER_*, PET_NODE_RANK)
+    rendezvous = {"PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NODE_RANK"}
+    assert rendezvous <= set(OPERATOR_ENV)
+    assert trainer == set(CHART_ENV) | set(TRAINER_ENV) | set(POD_ENV) | set(PYTORCHJOB_TRAINER_ENV) | rendezvous
 
 
 @pytest.mark.parametrize("values", [

@@ -136,7 +136,6 @@ def test_shared_storage_problem_is_the_one_rule_for_values_and_preflight():
     ({"job": {"numWorkers": 3}, "storage": {"mode": "perPod"}}, "storage.mode", "warning", "--pytorch-init-container-template-file"),
     ({"storage": {"mode": "perPod", "perPod": {"outputToClaim": False}}, "output": {"export": {"uri": "s3://out/run1"}}},
      "job.runPolicy.activeDeadlineSeconds", "warning", "recreates the pod without limit"),
-    ({"job": {"runPolicy": {"backoffLimit": None}}}, "job.runPolicy.activeDeadlineSeconds", "warning", "backoffLimit is null"),
     ({"job": {"queueName": "gpu"}}, "job.queueName", "notice", "Kueue >= v0.19"),
 ])
 def test_what_the_cluster_will_do_is_said_before_it_runs(overlay, path, severity, words):

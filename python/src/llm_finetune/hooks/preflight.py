@@ -32,7 +32,7 @@ never secret values):
 ``PREFLIGHT_NUM_WORKERS``  ``job.numWorkers`` (pods of the job)
 ``PREFLIGHT_BACKEND``  ``backend``: ``pytorchjob`` (default) or ``trainjob``
 ``PREFLIGHT_RUNTIME``  ``trainjob``: ``<TrainingRuntime|ClusterTrainingRuntime>/<name>`` the TrainJob references
-``PREFLIGHT_JOB``      ``pytorchjob``: the PyTorchJob's name; ``PREFLIGHT_SPEC_CHECKSUM``,
+``PREFLIGHT_JOB``      ``pytorchjob`` only: the PyTorchJob's name; ``PREFLIGHT_SPEC_CHECKSUM``,
                        ``PREFLIGHT_CONFIG_CHECKSUM``: what its spec and config will be
 ``PREFLIGHT_QUEUE``    ``job.queueName``
 ``PREFLIGHT_POD_SECURITY``  ``true``: the PyTorchJob has a Master and Workers; check the namespace

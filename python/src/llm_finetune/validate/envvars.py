@@ -22,6 +22,11 @@ TRAINER_ENV = ("TORCH_ELASTIC_SHUTDOWN_TIMEOUT",)
 # (training-operator@v1.9.0:pkg/controller.v1/pytorch/envvar.go setPodEnv, master.go).
 OPERATOR_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "PET_NODE_RANK", "PET_NPROC_PER_NODE", "PET_NNODES",
                 "PET_MASTER_ADDR", "PET_MASTER_PORT")
+# Set by the chart on the PyTorchJob's containers only (backend pytorchjob; chart/templates/_podtemplate.tpl):
+# the pod's identity (llm-finetune.podIdentityEnv) on both, and on the trainer the rendezvous timeout and
+# whether it posts failure Events (llm-finetune.pytorchjobTrainerEnv).
+POD_ENV = ("LLM_FINETUNE_POD_NAME", "LLM_FINETUNE_POD_INDEX", "POD_NAMESPACE")
+PYTORCHJOB_TRAINER_ENV = ("PET_RDZV_CONF", "LLM_FINETUNE_JOB_EVENTS")
 SECRET_ENV = {"hf": ("HF_TOKEN",), "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
 
 
@@ -33,6 +38,10 @@ def _set_by(values: dict[str, Any], section: str) -> dict[str, str]:
         ref = secrets.get(kind) if isinstance(secrets.get(kind), dict) else {}
         if ref.get("existingSecret"):
             owners.update({n: f"the chart, from secrets.{kind}.existingSecret" for n in names})
+    if values.get("backend", "pytorchjob") == "pytorchjob":
+        owners.update({n: "the chart (the pod's identity)" for n in POD_ENV})
+        if section == "job":
+            owners.update({n: "the chart (rendezvous timeout, failure Events)" for n in PYTORCHJOB_TRAINER_ENV})
     if section == "job":
         owners.update({n: "the chart (torchrun's shutdown grace)" for n in TRAINER_ENV})
         owners.update({n: "the Training Operator, after your entries (yours would be ignored)" for n in OPERATOR_ENV})
