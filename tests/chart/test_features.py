@@ -519,6 +519,21 @@ def test_helm_test_hook(helm):
             and d["kind"] != "Pod"] and find(render(helm, {"tests": {"enabled": False}}), "Pod") == []
 
 
+
+def test_argo_cd_runs_the_test_pod_only_through_tests_annotations(helm):
+    """Argo CD never runs helm.sh/hook: test (argoproj/gitops-engine pkg/sync/hook/helm/type.go maps only
+    pre/post-install/upgrade), and an argocd.argoproj.io/hook annotation wins over Helm's
+    (pkg/sync/hook/hook.go): tests.annotations puts it on every resource of the test hook."""
+    argo = {"argocd.argoproj.io/hook": "PostSync", "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation"}
+    plain = [d for d in render(helm) if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    assert sorted(d["kind"] for d in plain) == ["Pod", "Role", "RoleBinding", "ServiceAccount"]
+    assert not [d for d in plain if "argocd.argoproj.io/hook" in d["metadata"]["annotations"]]
+    tests = [d for d in render(helm, {"tests": {"annotations": argo}})
+             if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    assert sorted(d["kind"] for d in tests) == sorted(d["kind"] for d in plain)
+    for d in tests:
+        assert argo.items() <= d["metadata"]["annotations"].items(), d["kind"]
+
 def test_notes(helm4):
     """NOTES.txt (rendered by a client-only install; Helm 3.17's dry run needs a cluster)."""
     import subprocess

@@ -134,6 +134,12 @@ def test_claim_access_modes_must_fit_shared_mode(hook, kube_api, termination_log
     msg = termination_log.read_text()
     assert "storage.existingClaim: claim 'shared-data' has access modes ['ReadWriteOnce']: 2 pods" in msg
     assert "storage.mode=perPod" in msg
+    # the v1 SDK's default (read-only Workers) is refused too: every pod mounts the claim read-write,
+    # and aws-ebs-csi-driver / local-path-provisioner refuse ReadOnlyMany
+    kube_api.cluster.add_pvc("ml", "shared-data", modes=("ReadWriteOnce", "ReadOnlyMany"))
+    assert hook() == 1
+    assert "has access modes ['ReadWriteOnce', 'ReadOnlyMany']: 2 pods on different nodes mount it read-write" \
+        in termination_log.read_text()
     # The same claim is fine for one pod, and for perPod mode (mounted on the Master only).
     assert hook({**VALUES, "job": {"numWorkers": 1}}) == 0
     assert hook({**VALUES, "storage": {"existingClaim": "shared-data", "mode": "perPod"}}) == 0
@@ -242,7 +248,7 @@ def test_trainjob_needs_the_trainer_jobset_and_the_runtime(hook, kube_api, helm4
 
 def test_trainjob_claim_must_be_read_write_many(hook, kube_api, helm4, termination_log):
     trainer_cluster(kube_api.cluster, helm4)
-    kube_api.cluster.add_pvc("ml", "shared-data", modes=("ReadWriteOnce", "ReadOnlyMany"))  # enough for the PyTorchJob's read-only Workers
+    kube_api.cluster.add_pvc("ml", "shared-data", modes=("ReadWriteOnce", "ReadOnlyMany"))
     assert hook(V2) == 1
     assert "backend trainjob mounts it read-write in all 2 node pods" in termination_log.read_text()
 
