@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,8 +114,9 @@ def test_a_failing_step_stops_the_run_with_its_own_message_and_exit_code(tmp_pat
     status = json.loads((tmp_path / "work" / "status.json").read_text())
     assert status["state"] == "Failed" and status["pods"]["local-llm-finetune-demo-worker-0"]["exitCodes"] == [1]
     assert status["pods"]["local-llm-finetune-demo-worker-1"]["phases"] == ["Pending (deleted)"]
-    # the trainers never started
-    assert "llm_finetune.trainer" not in out
+    # the trainers never started: worker-0's launcher ended with the initializer's outcome before torchrun
+    assert "the storage-initializer failed (exit 1); this pod ends with it" in out
+    assert not re.search(r"llm_finetune\.trainer\.(?!launch\b)", out), out[-4000:]
     assert not (tmp_path / "work" / "claims" / "local-llm-finetune-workspace" / "runs" / "local-llm-finetune-demo" / "output").exists()
 
 
