@@ -90,8 +90,8 @@ def test_container_demo_ends_as_the_process_demo(images, engine, demo_assets, tm
         assert (tmp_path / "container" / "results" / name).stat().st_size > 0
     # both pods ran their init container and trainer, as containers (a non-zero rank's trainer logs nothing)
     text = ctr.stdout + ctr.stderr
-    assert "runtime container" in text and "[master-0/pytorch]" in text
-    for pod in ("master-0", "worker-0"):
+    assert "runtime container" in text and "[worker-0/pytorch]" in text
+    for pod in ("worker-0", "worker-1"):
         assert f"[{pod}/storage-initializer]" in text
         for container in ("storage-initializer", "pytorch"):
             assert (tmp_path / "container" / "logs" / f"local-llm-finetune-demo-{pod}.{container}.log").is_file()

@@ -16,8 +16,10 @@ import pytest
 
 from llm_finetune.core.errors import UserError
 from llm_finetune.local.containers import apply_fs_group, run_args
-from llm_finetune.local.plan import build_plan, operator_env
+from llm_finetune.local import operator_v1 as op
+from llm_finetune.local.plan import build_plan
 from llm_finetune.local.podspec import container_spec, pod_memory_limit
+from llm_finetune.validate.rules import parse_quantity
 
 from .test_plan import SECRET_ENV, manifests, plan_for, rendered_pods
 
@@ -67,7 +69,8 @@ def test_limits_volumes_and_env_follow_the_pod_spec(helm4, tmp_path):
                 if "emptyDir" in vol and vol["emptyDir"].get("medium") == "Memory":
                     # tmpfs of min(sizeLimit, the pod's memory limit): empty_dir.go calculateEmptyDirMemorySize
                     assert m["mountPath"] == "/dev/shm" and m["mountPath"] not in binds
-                    assert _flag_values(args, "--shm-size") == [str(min(pod_memory_limit(spec), 8 * 2**30))]
+                    size = int(parse_quantity(vol["emptyDir"]["sizeLimit"]))  # the demo's job.shmSizeLimit
+                    assert _flag_values(args, "--shm-size") == [str(min(pod_memory_limit(spec), size))]
                     continue
                 host, path, mode = binds[m["mountPath"]].split(":")
                 read_only = m.get("readOnly") or "configMap" in vol or (vol.get("persistentVolumeClaim") or {}).get(
@@ -77,24 +80,27 @@ def test_limits_volumes_and_env_follow_the_pod_spec(helm4, tmp_path):
             assert binds["/dev/termination-log"].split(":")[0] == proc.termination_log
             # env as the pod sees it: rendered values unmapped, the operator's env, secrets by name only
             env = dict(e.split("=", 1) if "=" in e else (e, None) for e in _flag_values(args, "-e"))
-            injected = {} if proc.init else operator_env(next(d for d in docs if d["kind"] == "PyTorchJob"), rtype,
-                                                         pod.index, int(proc.env.get("MASTER_PORT", 0)))
+            job = op.JobSpec.from_manifest(next(d for d in docs if d["kind"] == "PyTorchJob"))
+            injected = {} if proc.init else dict(op.operator_env(job, rtype, pod.index))
             for e in c["env"]:
                 if e["name"] in injected:  # the operator appends its env after the template's: it wins
                     assert env[e["name"]] == injected[e["name"]]
                 elif "value" in e:
                     assert env[e["name"]] == e["value"]
+                elif "fieldRef" in e["valueFrom"]:  # the pod's name, namespace, replica index, as the kubelet resolves them
+                    assert env[e["name"]] == proc.env[e["name"]]
                 else:
                     assert env[e["name"]] is None and e["name"] in SECRET_ENV
             assert not any(secret in " ".join(args) for secret in SECRET_ENV.values())
-            if not proc.init:
-                assert env["RANK"] == proc.env["RANK"] and env["MASTER_ADDR"] == "127.0.0.1"
+            if not proc.init:  # Workers only: the chart's static rendezvous on worker-0 (no RANK, MASTER_ADDR)
+                assert env["PET_NODE_RANK"] == str(pod.index) and env["PET_NNODES"] == str(len(plan.pods))
+                assert env["PET_MASTER_ADDR"] == f"{plan.job_name}-worker-0" and "RANK" not in env
 
 
 def test_unset_seccomp_is_unconfined_and_localhost_profiles_are_refused(helm4, tmp_path):
     docs = manifests(helm4)
     job = next(d for d in docs if d["kind"] == "PyTorchJob")
-    spec = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    spec = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
     del spec["securityContext"]["seccompProfile"]
     plan = build_plan(docs, tmp_path / "w1", local_env={"PATH": "/usr/bin", **SECRET_ENV}, master_port=1)
     assert "--security-opt=seccomp=unconfined" in run_args(["podman"], plan.pods[0].processes[0], name="n",

@@ -48,7 +48,7 @@ from typing import Any
 
 from ..core.errors import UserError
 from ..core.proc import parent_death_signal
-from .plan import JobPlan, ProcessSpec
+from .plan import JobPlan, PodPlan, ProcessSpec
 from .podspec import ContainerSpec, Mount
 
 log = logging.getLogger("llm_finetune.local")
@@ -275,7 +275,8 @@ class ContainerExecutor:
             manager = subprocess.run([*self.engine, "info", "--format", "{{.Host.CgroupManager}}"],
                                      capture_output=True, text=True).stdout.strip()
             self.cgroup_parent = f"/llm-finetune/{self.run_key}" if manager == "cgroupfs" else ""
-        specs = [s for p in plan.pods for s in p.processes]
+        # (a "builtin" is the operator's injected init-pytorch, which run-local runs as a wait: runner.PodRun)
+        specs = [s for p in plan.pods for s in p.processes if not s.builtin]
         if any(s.container_spec is None for s in specs):
             raise UserError("the plan has no container specs (an older plan format)")
         self.grace_s = max(s.container_spec.grace_s for s in specs)
@@ -285,6 +286,11 @@ class ContainerExecutor:
             self._prepare_volumes(s.container_spec)
         self.watcher = threading.Thread(target=self._watch_emptydirs, args=(specs,), daemon=True)
         self.watcher.start()
+
+    def prepare_pod(self, pod: PodPlan) -> None:
+        for s in pod.processes:
+            if s.container_spec is not None:
+                self._prepare_volumes(s.container_spec)
 
     def start(self, spec: ProcessSpec, cwd: str, keep_fds: tuple[int, ...] = ()) -> subprocess.Popen:
         with self.lock:

@@ -12,7 +12,7 @@ import subprocess
 from typing import Protocol
 
 from ..core.proc import parent_death_signal
-from .plan import JobPlan, ProcessSpec
+from .plan import JobPlan, PodPlan, ProcessSpec
 
 
 class Executor(Protocol):
@@ -20,6 +20,10 @@ class Executor(Protocol):
 
     def prepare(self, plan: JobPlan) -> None:
         """Before any pod starts (checks, volumes); raise ``UserError`` to stop the run."""
+
+    def prepare_pod(self, pod: PodPlan) -> None:
+        """Before each pod object starts (a recreated pod gets fresh emptyDir and ephemeral folders): what the
+        kubelet does to its volumes."""
 
     def start(self, spec: ProcessSpec, cwd: str, keep_fds: tuple[int, ...] = ()) -> subprocess.Popen:
         """Start one container; its output (stdout and stderr together) on the handle's stdout. What is started
@@ -38,6 +42,9 @@ class ProcessExecutor:
     name = "process"
 
     def prepare(self, plan: JobPlan) -> None:
+        return None
+
+    def prepare_pod(self, pod: PodPlan) -> None:
         return None
 
     def start(self, spec: ProcessSpec, cwd: str, keep_fds: tuple[int, ...] = ()) -> subprocess.Popen:

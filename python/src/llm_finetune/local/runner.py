@@ -149,6 +149,7 @@ class PodRun:
         for spec in self.plan.processes:
             for _, folder in spec.mounts:
                 Path(folder).mkdir(parents=True, exist_ok=True)
+        self.node.executor.prepare_pod(self.plan)
         self.thread.start()
         return self
 
