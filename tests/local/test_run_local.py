@@ -102,7 +102,7 @@ def test_a_failing_step_stops_the_run_with_its_own_message_and_exit_code(tmp_pat
     """A permanent initializer error on worker-0 (the pod that fills the shared claim): its outcome ends the
     pytorch container with exit 1, the job is Failed, and worker-1 (waiting) is deleted (cleanPodPolicy Running)."""
     proc = run_local(tmp_path, helm4, "--set", "dataset.uri=s3://llm-finetune-demo/no-such-prefix", values=SHORT,
-                     timeout=300)
+                     timeout=600)  # it builds the demo assets first (minutes on a loaded machine)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-4000:]
     pods = tmp_path / "work" / "pods"
