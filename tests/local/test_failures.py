@@ -237,3 +237,79 @@ def test_sigterm_143_saves_a_checkpoint_and_the_recreated_pod_resumes(tmp_path, 
     assert st["state"] == "Succeeded" and st["pods"][POD0]["starts"] == 2 and st["pods"][POD0]["exitCodes"] == [143, 0], st
     assert any("(exit 143, retried: the pod is recreated)" in e["message"] for e in pod_events(st))
     assert "resuming from" in (tmp_path / "out.log").read_text().lower()
+
+
+# --------------------------------------------------------------------------- backend: trainjob
+# The same failure classes on the Trainer v2 backend, against run-local's trainer + JobSet + Job controller
+# model (llm_finetune.local.operator_v2): the initializer is its own Job (init) before the node Job; exit
+# codes 1-127 fail the TrainJob at once (podFailurePolicy FailJob -> JobSet rule FailJobSet), others restart
+# the whole JobSet (RestartJobSet) up to job.runPolicy.backoffLimit (maxRestarts). No attempt ledger and no
+# pod Events on this backend: JobSet counts the restarts itself.
+V2 = {"backend": "trainjob"}
+INIT, NODE0 = f"{JOB}-init-0-0", f"{JOB}-node-0-0"
+
+
+def test_trainjob_missing_bucket_fails_at_once_in_the_initializer_job(tmp_path, helm4, bucket):
+    proc = run_local(tmp_path, helm4, bucket, {**V2, "dataset": {"uri": "s3://no-such-bucket-13/data"}})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-4000:]
+    st = status(tmp_path)
+    assert st["state"] == "Failed" and st["restarts"] == 0, st
+    assert st["conditions"][-1]["reason"] == "FailJobSetFailurePolicyAction"
+    assert st["pods"][INIT]["starts"] == 1 and st["pods"][INIT]["exitCodes"] == [1], st
+    assert st["pods"][NODE0]["starts"] == 0  # dependsOn: the node Job is never created
+    assert not [e for e in st["events"] if e["source"] == "llm-finetune"]  # no pod Events on v2
+    assert "no-such-bucket-13" in (tmp_path / "run-local.termination-log").read_text()
+    assert f"TrainJob {JOB}: Failed" in out
+
+
+def test_trainjob_outage_restarts_the_jobset_until_max_restarts(tmp_path, helm4, bucket):
+    """202 (retried): the JobSet is recreated, job.runPolicy.backoffLimit times, then ReachedMaxRestarts."""
+    from initializer.faultproxy import FaultProxy
+
+    with FaultProxy(bucket.endpoint, outage=10_000) as proxy:
+        proc = run_local(tmp_path, helm4, bucket, {**V2, "job": {"runPolicy": {"backoffLimit": 1}}}, endpoint=proxy.endpoint)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 202, out[-4000:]
+    st = status(tmp_path)
+    assert st["state"] == "Failed" and st["conditions"][-1]["reason"] == "ReachedMaxRestarts" and st["restarts"] == 1, st
+    assert st["pods"][INIT]["starts"] == 2 and st["pods"][INIT]["exitCodes"] == [202, 202], st
+    assert [e["reason"] for e in st["events"]] == ["RestartJobSetFailurePolicyAction", "ReachedMaxRestarts"]
+    assert "JobSet restarts: 1 (DefaultFailurePolicy)" in out
+
+
+def _v2_launcher(tmp_path: Path, pod: str) -> list[int]:
+    """The launcher process of a local TrainJob pod (its termination log lies in the pod's folder)."""
+    folder = str(tmp_path / "work" / "pods" / pod) + "/"
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            env = dict(kv.split("=", 1) for kv in environ.read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+            cmd = (environ.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if env.get("LLM_FINETUNE_TERMINATION_LOG", "").startswith(folder) and b"launch" in cmd and "LOCAL_RANK" not in env:
+            found.append(int(environ.parent.name))
+    return found
+
+
+def test_trainjob_sigterm_143_restarts_the_jobset_and_the_node_resumes(tmp_path, helm4, bucket):
+    """The kubelet's SIGTERM reaches node-0's launcher after a checkpoint: exit 143, RestartJobSet (the
+    initializer Job runs again and finds everything in place), the new node pod resumes; Complete."""
+    proc = run_local(tmp_path, helm4, bucket, {**V2, "training": {"args": {"max_steps": 8, "save_steps": 2}}}, wait=False)
+    checkpoints = tmp_path / "work" / "claims" / "local-llm-finetune-workspace" / "runs" / JOB / "checkpoints"
+    deadline = time.monotonic() + 400
+    while not (checkpoints.is_dir() and any((c / ".llm-finetune-complete.json").exists() for c in checkpoints.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "out.log").read_text()[-4000:]
+        time.sleep(0.1)
+    pids = _v2_launcher(tmp_path, NODE0)
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    assert proc.wait(600) == 0, (tmp_path / "out.log").read_text()[-6000:]
+    output = tmp_path / "work" / "claims" / "local-llm-finetune-workspace" / "runs" / JOB / "output"
+    assert json.loads((output / "manifest.json").read_text())["globalStep"] == 8
+    st = status(tmp_path)
+    assert st["state"] == "Complete" and st["restarts"] == 1, st
+    assert st["pods"][NODE0]["exitCodes"] == [143, 0] and st["pods"][INIT]["exitCodes"] == [0, 0], st
+    assert "resuming from" in (tmp_path / "out.log").read_text().lower()

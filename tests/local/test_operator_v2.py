@@ -134,3 +134,161 @@ def test_the_demo_gives_the_same_output_on_both_backends(tmp_path, helm4):
 
     assert digest(outputs["pytorchjob"] / "adapter_model.safetensors") == digest(outputs["trainjob"] / "adapter_model.safetensors")
     assert metrics["pytorchjob"]["eval"]["eval_loss"] == metrics["trainjob"]["eval"]["eval_loss"]
+
+
+# --------------------------------------------------------------------------- failures: trainer + JobSet + Job controller
+# The reconciler (llm_finetune.local.operator_v2.JobSetReconciler) against pod statuses set by hand, on the
+# failure policies the chart renders (job.restartPolicy, job.runPolicy.backoffLimit). End to end with real
+# processes: tests/local/test_failures.py (the trainjob tests).
+from llm_finetune.local.operator_v1 import PodStatus  # noqa: E402
+from llm_finetune.local.operator_v2 import JobSetReconciler, pods as v2_pods  # noqa: E402
+
+
+class Cluster:
+    """The reconciler plus pods that do what a test says; deleted pods are gone at the next pass."""
+
+    def __init__(self, helm: str, *sets: str):
+        _, self.spec, _ = v2_pods(manifests(helm, *sets))
+        self.rec = JobSetReconciler(self.spec)
+        self.pods: dict[str, PodStatus] = {}
+        self.created: list[str] = []
+        self.now = 0.0
+
+    def step(self, seconds: float = 1.0):
+        self.now += seconds
+        self.pods = {n: p for n, p in self.pods.items() if not p.deleting}  # deleted last pass: gone now
+        actions = self.rec.reconcile(dict(self.pods), self.now)
+        for name in actions.delete:
+            self.pods[name].deleting = True
+        for name, rjob, index in actions.create:
+            assert name not in self.pods
+            self.pods[name] = PodStatus(name, rjob, index, phase="Running")
+            self.created.append(name)
+        return actions
+
+    def end(self, short: str, code: int = 0, *, container: str = "", init: bool = False, condition: str = ""):
+        pod = self.pods[f"{self.spec.name}-{short}"]
+        pod.phase = "Succeeded" if code == 0 and not condition else "Failed"
+        codes = pod.init_exit_codes if init else pod.exit_codes
+        codes[container or ("initializer" if short.startswith("init") or init else "node")] = code
+        pod.conditions = (condition,) if condition else ()
+
+    def running(self) -> list[str]:
+        return sorted(n[len(self.spec.name) + 1:] for n, p in self.pods.items() if not p.deleting and p.phase == "Running")
+
+    @property
+    def condition(self):
+        return self.rec.status.conditions[-1] if self.rec.status.conditions else None
+
+
+def _to_nodes(c: Cluster) -> None:
+    c.step()
+    assert c.running() == ["init-0-0"]  # dependsOn: the node Job only once init completed
+    c.end("init-0-0")
+    c.step()
+    assert c.running() == ["node-0-0", "node-0-1"]
+
+
+def test_jobset_success_after_the_initializer_then_every_node(helm4):
+    c = Cluster(helm4)
+    _to_nodes(c)
+    c.end("node-0-0")
+    c.step()
+    assert not c.rec.status.finished  # every index of the node Job must succeed
+    c.end("node-0-1")
+    c.step()
+    assert (c.condition.type, c.condition.reason) == ("Complete", "AllJobsCompleted")
+    assert c.rec.status.restarts == 0
+
+
+@pytest.mark.parametrize("where", ["node-0-1", "init-0-0"])
+def test_exit_code_1_to_127_fails_the_trainjob_at_once(helm4, where):
+    """job.restartPolicy ExitCode: the Job's podFailurePolicy FailJob (reason PodFailurePolicy), the JobSet's
+    rule PodFailurePolicy -> FailJobSet: no restart, whatever the backoffLimit."""
+    c = Cluster(helm4)
+    if where == "node-0-1":
+        _to_nodes(c)
+    else:
+        c.step()
+    c.end(where, 1)
+    actions = c.step()
+    rjob = where.split("-")[0]
+    assert (c.condition.type, c.condition.reason) == ("Failed", "FailJobSetFailurePolicyAction")
+    assert c.condition.message == f"applying FailJobSet failure policy action (first failed job: {c.spec.name}-{rjob}-0)"
+    assert c.rec.jobs[rjob].condition.reason == "PodFailurePolicy"
+    assert ("Container initializer" if rjob == "init" else "Container node") in c.rec.jobs[rjob].condition.message
+    assert actions.delete == ([f"{c.spec.name}-node-0-0"] if rjob == "node" else [])  # the peer is stopped
+    assert c.rec.status.restarts == 0 and not actions.create
+
+
+def test_exit_code_128_and_over_restarts_the_whole_jobset_until_max_restarts(helm4):
+    """RestartJobSet (no rule matches BackoffLimitExceeded): every Job deleted and recreated, the
+    initializer first again; BlockingRecreate: nothing new while an old pod is still there;
+    job.runPolicy.backoffLimit (2 here) restarts, then ReachedMaxRestarts."""
+    c = Cluster(helm4, "job.runPolicy.backoffLimit=2")
+    _to_nodes(c)
+    for restart in (1, 2):
+        c.end("node-0-0", 137)
+        actions = c.step()
+        assert c.rec.status.restarts == restart and not c.rec.status.finished
+        assert sorted(actions.delete) == [f"{c.spec.name}-{p}" for p in ("init-0-0", "node-0-0", "node-0-1")]  # every Job
+        assert not actions.create
+        c.pods[f"{c.spec.name}-node-0-1"].deleting = False  # still shutting down (its checkpoint): blocks the recreate
+        c.pods[f"{c.spec.name}-node-0-0"].deleting = True
+        assert not c.step().create
+        c.pods[f"{c.spec.name}-node-0-1"].deleting = True
+        _to_nodes(c)  # gone: the initializer Job again, then the nodes
+    c.end("node-0-1", 203)
+    c.step()
+    assert (c.condition.type, c.condition.reason) == ("Failed", "ReachedMaxRestarts")
+    assert c.condition.message == f"jobset failed due to reaching max number of restarts (first failed job: {c.spec.name}-node-0)"
+    assert [e.reason for e in c.rec.events] == ["RestartJobSetFailurePolicyAction", "ReachedMaxRestarts"]
+    assert c.rec.events[0].count == 2
+    assert c.created.count(f"{c.spec.name}-init-0-0") == 3
+
+
+def test_a_disruption_is_ignored_the_pod_is_replaced_without_a_restart(helm4):
+    """podFailurePolicy Ignore on DisruptionTarget (eviction, preemption, drain): not counted against
+    backoffLimit 0, the index gets a new pod; the JobSet does not restart."""
+    c = Cluster(helm4)
+    _to_nodes(c)
+    c.end("node-0-1", 143, condition="DisruptionTarget")
+    assert c.step().delete == [f"{c.spec.name}-node-0-1"]
+    c.step()
+    assert c.running() == ["node-0-0", "node-0-1"] and c.rec.status.restarts == 0 and not c.rec.status.finished
+    assert c.rec.jobs["node"].failures == 0
+
+
+def test_perpod_initializer_exit_1_is_seen_in_the_init_container(helm4):
+    """perPod: the initializer is an init container of each node pod; onExitCodes matches init containers too."""
+    c = Cluster(helm4, "storage.mode=perPod", "storage.perPod.outputToClaim=false", "output.export.uri=s3://bucket-x/out")
+    c.step()
+    assert c.running() == ["node-0-0", "node-0-1"]
+    c.end("node-0-0", 1, init=True)
+    c.step()
+    assert (c.condition.type, c.condition.reason) == ("Failed", "FailJobSetFailurePolicyAction")
+    assert "Container initializer" in c.rec.jobs["node"].condition.message
+
+
+@pytest.mark.parametrize("policy, code, outcome", [
+    ("OnFailure", 1, "restart"),    # no FailJob rule: every failure restarts the JobSet
+    ("Never", 137, "FailedJobs"),   # no failurePolicy: the first failed Job fails the JobSet
+])
+def test_other_restart_policies(helm4, policy, code, outcome):
+    c = Cluster(helm4, f"job.restartPolicy={policy}")
+    _to_nodes(c)
+    c.end("node-0-0", code)
+    c.step()
+    if outcome == "restart":
+        assert c.rec.status.restarts == 1 and not c.rec.status.finished
+    else:
+        assert (c.condition.type, c.condition.reason) == ("Failed", outcome)
+
+
+def test_active_deadline_fails_the_trainjob_and_deletes_every_pod(helm4):
+    c = Cluster(helm4, "job.runPolicy.activeDeadlineSeconds=60")
+    _to_nodes(c)
+    actions = c.step(60)
+    assert (c.condition.type, c.condition.reason, c.condition.message) == (
+        "Failed", "DeadlineExceeded", "TrainJob exceeded its active deadline")
+    assert sorted(actions.delete) == [f"{c.spec.name}-{p}" for p in ("init-0-0", "node-0-0", "node-0-1")]  # the JobSet is deleted

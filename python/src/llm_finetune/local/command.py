@@ -76,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
     from ..core import helm
     from .plan import build_plan
     from .lock import lock_workdir
-    from .runner import Runner
     from .s3server import free_port
 
     chart = helm.find_chart(args.chart)
@@ -105,11 +104,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         log.info("run-local: job %s, %d pod(s), workdir %s, runtime %s", plan.job_name, len(plan.pods), workdir,
                  args.runtime)
-        keep_fds = (lock,) if lock is not None else ()
-        if plan.job is not None:  # a PyTorchJob: against the Training Operator v1.9 model
-            execute(plan, max_pod_starts=args.max_pod_starts, keep_fds=keep_fds, executor=_executor(args.runtime))
-        else:
-            Runner(plan, keep_fds=keep_fds, executor=_executor(args.runtime)).run()
+        execute(plan, max_pod_starts=args.max_pod_starts, keep_fds=(lock,) if lock is not None else (),
+                executor=_executor(args.runtime))
     finally:
         if server is not None:
             server.stop()
@@ -135,11 +131,11 @@ def execute(plan, *, max_pod_starts: int, keep_fds: tuple[int, ...] = (), execut
 
     result, failed = run_job(plan, max_pod_starts=max_pod_starts, keep_fds=keep_fds, executor=executor)
     Path(plan.workdir, "status.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n", encoding="utf-8")
-    print(summary(plan.job_name, result), flush=True)
-    if result.state == "Succeeded":
+    print(summary(plan.job.kind, plan.job_name, result), flush=True)
+    if result.state in ("Succeeded", "Complete"):
         return
     message = failure_message(failed) if failed else ""
-    code = failed.status.pytorch_exit_code if failed and failed.status.pytorch_exit_code else 1
+    code = _failed_code(failed)
     if result.stopped:
         message = f"{result.stopped}; last failure: {message or 'none reported'}"
     elif not message:
@@ -147,13 +143,23 @@ def execute(plan, *, max_pod_starts: int, keep_fds: tuple[int, ...] = (), execut
     raise StepFailed(failed.failed_spec if failed else None, code, message)
 
 
-def summary(job: str, result) -> str:
-    """What `kubectl get/describe pytorchjob` would show, and how often each pod ran."""
-    lines = [f"PyTorchJob {job}: {result.state or 'no condition'}" + (f" (run-local stopped it: {result.stopped})" if result.stopped else "")]
+def _failed_code(failed) -> int:
+    """The exit code of the container whose failure ended the job (1 when there is none)."""
+    if failed is None or failed.failed_spec is None:
+        return 1
+    codes = {**failed.status.init_exit_codes, **failed.status.exit_codes}
+    return codes.get(failed.failed_spec.container) or 1
+
+
+def summary(kind: str, job: str, result) -> str:
+    """What `kubectl get/describe pytorchjob|trainjob` would show, and how often each pod ran."""
+    lines = [f"{kind} {job}: {result.state or 'no condition'}" + (f" (run-local stopped it: {result.stopped})" if result.stopped else "")]
+    if getattr(result.status, "restarts", 0):
+        lines.append(f"  JobSet restarts: {result.status.restarts} ({result.status.last_restart})")
     lines += [f"  condition {c.type}={c.status} {c.reason}: {c.message}" for c in result.status.conditions]
     lines += [f"  event {e.type} {e.reason} (x{e.count}, {e.source}): {e.message}" for e in result.events]
     for name, record in result.pods.items():
-        lines.append(f"  pod {name}: created {record.starts} time(s), pytorch exit codes {record.exit_codes}")
+        lines.append(f"  pod {name}: created {record.starts} time(s), main container exit codes {record.exit_codes}")
     if result.left_running:
         lines.append(f"  left running by cleanPodPolicy: {', '.join(result.left_running)} (stopped by run-local)")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 # -- constants (TO:pkg/apis/kubeflow.org/v1/pytorch_types.go:23-31, common_types.go:24-37) --------
 CONTAINER = "pytorch"
@@ -67,6 +67,7 @@ class Replica:
 
 @dataclass(frozen=True)
 class JobSpec:
+    kind: ClassVar[str] = "PyTorchJob"
     name: str
     namespace: str
     replicas: dict[str, Replica]
@@ -211,6 +212,9 @@ class PodStatus:
     pytorch_exit_code: int | None = None  # ContainerStatuses[pytorch].State.Terminated.ExitCode
     pytorch_message: str = ""
     restart_count: int = 0  # sum over (init) containers, kubelet in-place restarts
+    exit_codes: dict[str, int] = field(default_factory=dict)  # each main container's last State.Terminated.ExitCode
+    init_exit_codes: dict[str, int] = field(default_factory=dict)  # the same for the init containers
+    conditions: tuple[str, ...] = ()  # pod conditions that are True (DisruptionTarget: evicted, preempted)
 
     @property
     def active(self) -> bool:
@@ -472,6 +476,7 @@ class JobResult:
             "events": [vars(e) for e in self.events],
             "pods": {name: {"starts": r.starts, "exitCodes": r.exit_codes, "phases": r.phases} for name, r in self.pods.items()},
             "leftRunning": self.left_running,
+            **({"restarts": self.status.restarts} if hasattr(self.status, "restarts") else {}),  # a TrainJob's JobSet
             "stopped": self.stopped,
         }
 
@@ -480,11 +485,14 @@ class OperatorLoop:
     """Reconcile the job against live pods until it is finished (and cleaned up), like the operator."""
 
     def __init__(self, job: JobSpec, start_pod: Callable[[str], PodHandle], *, events_file: str | None = None,
-                 max_pod_starts: int = 10, poll: float = 0.2, clock: Callable[[], float] = time.monotonic):
+                 max_pod_starts: int = 10, poll: float = 0.2, clock: Callable[[], float] = time.monotonic,
+                 reconciler: Any = None):
         self.job, self.start_pod, self.poll, self.clock = job, start_pod, poll, clock
         self.events_file, self.events_read = events_file, 0
         self.max_pod_starts = max_pod_starts
-        self.reconciler = Reconciler(job)
+        # The Training Operator's; a TrainJob's JobSet brings its own (operator_v2.JobSetReconciler): the same
+        # reconcile(pods, now) -> Actions, status (finished, state, conditions) and events.
+        self.reconciler = reconciler or Reconciler(job)
         self.live: dict[str, PodHandle] = {}
         self.records: dict[str, PodRecord] = {name: PodRecord() for name, _, _ in job.pod_names()}
         self.stopped = ""

@@ -117,7 +117,7 @@ class JobPlan:
     pods: list[PodPlan]
     workdir: str
     mounts: dict[str, str]  # pod mount path -> local folder, of global rank 0's trainer container
-    job: op.JobSpec | None = None  # a PyTorchJob: run against the Training Operator model (operator_v1)
+    job: Any = None  # op.JobSpec (a PyTorchJob: the Training Operator model) or operator_v2.JobSetSpec (a TrainJob)
 
     @property
     def events_file(self) -> str:
@@ -250,12 +250,12 @@ def build_plan(manifests: list[dict[str, Any]], workdir: str | os.PathLike[str],
                local_env: dict[str, str] | None = None, master_port: int | None = None) -> JobPlan:
     """Plan the local processes for the rendered manifests (no side effects but folders)."""
     local_env = dict(os.environ if local_env is None else local_env)
-    spec = None
+    spec: Any
     if find(manifests, "TrainJob"):
         from . import operator_v2
 
-        job, pods = operator_v2.pods(manifests, master_port=master_port or operator_v2.DEFAULT_PORT)
-        network = _Network(set(), set(), None)
+        job, spec, pods = operator_v2.pods(manifests)
+        network = _Network({operator_v2.master_service(spec.name)}, {str(operator_v2.DEFAULT_PORT)}, master_port)
     else:
         job, spec, pods = _pytorchjob_pods(manifests)
         network = _Network({p.name for p in pods}, {str(spec.port(t)) for t in spec.replicas}, master_port)

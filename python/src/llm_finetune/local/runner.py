@@ -7,17 +7,13 @@
   down (``keep_fds``, :mod:`.lock`); streams its output prefixed with ``pod/container`` (also kept
   in ``<workdir>/logs/<pod>.<container>.log``) and returns its exit code as the kubelet reports it
   (128+N when signal N killed it).
-* :class:`PodRun` is one pod object of a PyTorchJob (:func:`run_job`, against the Training
-  Operator model :mod:`.operator_v1`): its init containers in order, then its main container;
+* :class:`PodRun` is one pod object (:func:`run_job`, against the Training Operator model
+  :mod:`.operator_v1` or the TrainJob's :mod:`.operator_v2`): its init containers in order, then its main container;
   the phase (``Pending`` → ``Running`` → ``Succeeded``/``Failed``) from their exit codes under the
   pod's own ``restartPolicy`` (``Never`` for the replica policy ``ExitCode``); under
   ``OnFailure``/``Always`` a failed container restarts in place (``restartCount``) after the
   kubelet's back-off (10 s, doubling, at most 300 s); ``Ready`` once the main container runs (no
   probes). Deleting it sends SIGTERM, then SIGKILL after the grace period.
-* :class:`Runner` runs a TrainJob's pods (:mod:`.operator_v2`): the pods of a stage concurrently,
-  a stage once every pod of the earlier ones succeeded (JobSet's ``dependsOn``); the first
-  process that fails stops every other one, and its termination message and exit code become
-  run-local's.
 
 Ctrl-C (exit 130) and SIGTERM (exit 143) stop every pod.
 """
@@ -35,9 +31,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..core.errors import EXIT_INTERRUPTED, FinetuneError, Terminated
+from ..core.errors import FinetuneError, Terminated
 from .executor import Executor, ProcessExecutor
 from .operator_v1 import INIT_CONTAINER_MAX_TRIES, INIT_CONTAINER_SLEEP_SECONDS, JobResult, OperatorLoop, PodStatus
+from .operator_v2 import JobSetReconciler, JobSetSpec
 from .plan import JobPlan, PodPlan, ProcessSpec
 
 log = logging.getLogger(__name__)
@@ -187,6 +184,7 @@ class PodRun:
             code = self._exec(spec)
             if code is None or self.cancelled.is_set():
                 return False
+            (self.status.init_exit_codes if init else self.status.exit_codes)[spec.container] = code
             if not init:
                 self.status.pytorch_exit_code = code
             policy = self.plan.restart_policy
@@ -253,7 +251,9 @@ def _raise_if_stopped(stopped_by: list[int]) -> None:
 
 def run_job(plan: JobPlan, *, max_pod_starts: int = 10, stream=None, keep_fds: tuple[int, ...] = (),
             executor: Executor | None = None) -> tuple[JobResult, PodRun | None]:
-    """Run a PyTorchJob as the cluster would (operator + kubelets) until it finished.
+    """Run the job as the cluster would (its controllers + kubelets) until it finished: a PyTorchJob against
+    the Training Operator v1.9 model, a TrainJob against the trainer + JobSet + Job controller model
+    (:class:`.operator_v2.JobSetReconciler`).
 
     Returns the result and the pod whose failure ended the job (the latest failed one), if any.
     """
@@ -267,7 +267,9 @@ def run_job(plan: JobPlan, *, max_pod_starts: int = 10, stream=None, keep_fds: t
         runs.append(run)
         return run.start()
 
-    loop = OperatorLoop(plan.job, start_pod, events_file=plan.events_file, max_pod_starts=max_pod_starts)
+    reconciler = JobSetReconciler(plan.job) if isinstance(plan.job, JobSetSpec) else None
+    loop = OperatorLoop(plan.job, start_pod, events_file=plan.events_file, max_pod_starts=max_pod_starts,
+                        reconciler=reconciler)
     stopping = threading.Event()
 
     def stop(signum: int) -> None:
@@ -294,58 +296,3 @@ def failure_message(run: PodRun) -> str:
         return Path(spec.termination_log).read_text(encoding="utf-8").strip() if spec else ""
     except OSError:
         return ""
-
-
-class Runner:
-    """A TrainJob's pods in stages (see the module docstring)."""
-
-    def __init__(self, plan: JobPlan, *, stream=None, keep_fds: tuple[int, ...] = (), executor: Executor | None = None):
-        self.plan = plan
-        self.node = Node(plan.workdir, stream=stream, keep_fds=keep_fds, executor=executor)
-        self.failure: tuple[ProcessSpec, int] | None = None
-        self.stopping = threading.Event()
-
-    def stop_all(self, sig: int = signal.SIGTERM, grace: float = 20.0) -> None:
-        self.stopping.set()
-        stop_pods(self.node, self.node.pods_running(), sig, grace, lambda: bool(self.node.pods_running()))
-
-    def _run_pod(self, pod: PodPlan) -> None:
-        for spec in pod.processes:
-            code = self.node.run(spec, pod.short, self.stopping)
-            if code is None:
-                return
-            if code != 0:
-                if self.failure is None and not self.stopping.is_set():
-                    self.failure = (spec, code)
-                threading.Thread(target=self.stop_all, daemon=True).start()
-                return
-            if self.stopping.is_set():
-                return
-
-    def run(self) -> None:
-        """Run every pod; raise :class:`StepFailed` with the failing step's message and code."""
-        restore = _on_stop_signals(lambda signum: self.stop_all(signum))
-        try:
-            self.node.executor.prepare(self.plan)
-            for stage in sorted({p.stage for p in self.plan.pods}):  # a later stage waits for the earlier ones (dependsOn)
-                if self.failure or self.stopping.is_set():
-                    break
-                threads = [threading.Thread(target=self._run_pod, args=(p,), name=p.name, daemon=True)
-                           for p in self.plan.pods if p.stage == stage]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    while t.is_alive():
-                        t.join(0.2)
-        finally:
-            stopped_by = restore()
-            self.stop_all(grace=5.0)
-            self.node.executor.finish(self.plan)
-        _raise_if_stopped(stopped_by)
-        if self.failure:
-            spec, code = self.failure
-            try:
-                message = Path(spec.termination_log).read_text(encoding="utf-8").strip()
-            except OSError:
-                message = ""
-            raise StepFailed(spec, code or EXIT_INTERRUPTED, message)
