@@ -87,6 +87,24 @@ def demo_dataset_dir(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("demo-dataset") / "dataset", n_train=200, n_eval=20)
 
 
+@pytest.fixture(scope="session")
+def demo_assets(tmp_path_factory) -> Path:
+    """What ``run-local --demo`` builds in ``<workdir>/demo-assets`` (llm_finetune.local.demo.build_assets:
+    the tiny model pretrained 600 steps, the dataset), built once per session: minutes of CPU each time."""
+    from llm_finetune.local.demo import build_assets
+
+    return build_assets(tmp_path_factory.mktemp("demo-assets"))
+
+
+@pytest.fixture
+def demo_workdir(tmp_path, demo_assets) -> Path:
+    """``tmp_path/work`` with the session's demo assets in place: ``run-local --demo --workdir`` it reuses them
+    (build_assets skips a complete folder; the same bytes it would build)."""
+    work = tmp_path / "work"
+    shutil.copytree(demo_assets, work / "demo-assets")
+    return work
+
+
 @pytest.fixture
 def copy_tree(tmp_path):
     """Copy a read-only session asset into the test's tmp dir when a test needs to modify it."""

@@ -30,9 +30,16 @@ pytorchReplicaSpecs:
   {{- end }}
 {{- end }}
 
-{{/* sha256 of the rendered spec (it includes the config's checksum): what the preflight compares with a live job. */}}
+{{/*
+sha256 of the rendered spec (it includes the config's checksum): what the preflight compares with a live job.
+backend trainjob: the TrainJob's spec (less the checksum itself) and its runtime's.
+*/}}
 {{- define "llm-finetune.specChecksum" -}}
+{{- if eq .Values.backend "trainjob" }}
+{{- printf "%s\n---\n%s" (include "llm-finetune.trainJobSpec" .) (include "llm-finetune.trainingRuntimeSpec" .) | sha256sum }}
+{{- else }}
 {{- include "llm-finetune.pytorchJobSpec" . | sha256sum }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -91,7 +91,7 @@ spec:
 {{- end }}
 
 {{/*
-The TrainingRuntime's spec. Its checksum goes into the TrainJob (LLM_FINETUNE_SPEC_CHECKSUM): a
+The TrainingRuntime's spec. Its checksum is part of the TrainJob's (llm-finetune.specChecksum): a
 TrainJob runs from its own snapshot of the runtime (kubeflow/trainer v2.3.0
 pkg/runtime/core/snapshot.go), so a change of what the pods run must be a new TrainJob.
 
@@ -143,4 +143,33 @@ template:
         {{- end }}
         template:
           {{- include "llm-finetune.replicatedJobTemplate" (dict "root" . "spec" (regexReplaceAll "\n\n+" $node "\n") "labels" (dict "trainer.kubeflow.org/trainjob-ancestor-step" "trainer")) | trim | nindent 10 }}
+{{- end }}
+
+{{/*
+The TrainJob's spec but for its checksum env, which must stay the last entry of spec.trainer.env
+(trainjob.yaml appends it). spec.trainer carries what the SDK's TrainerClient.train() puts there.
+*/}}
+{{- define "llm-finetune.trainJobSpec" -}}
+{{- $nproc := toString .Values.job.nprocPerNode -}}
+runtimeRef:
+  apiGroup: trainer.kubeflow.org
+  kind: {{ include "llm-finetune.runtimeKind" . }}
+  name: {{ include "llm-finetune.runtimeName" . }}
+{{- with .Values.job.runPolicy.activeDeadlineSeconds }}
+activeDeadlineSeconds: {{ int64 . }}
+{{- end }}
+trainer:
+  image: {{ include "llm-finetune.image" (dict "image" .Values.images.trainer "root" .) }}
+  command:
+    {{- toYaml (list "llm-finetune" "launch" "--config" "/etc/llm-finetune/config.yaml") | nindent 4 }}
+  numNodes: {{ int .Values.job.numWorkers }}
+  {{- if ne $nproc "auto" }}
+  numProcPerNode: {{ int $nproc }}
+  {{- end }}
+  {{- with (include "llm-finetune.trainerResources" . | fromYaml) }}
+  resourcesPerNode:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  env:
+    {{- include "llm-finetune.trainerEnv" . | nindent 4 }}
 {{- end }}

@@ -24,6 +24,8 @@ INTENDED_DIFFERENCES = {
            "after SIGTERM and LLM_FINETUNE_SPEC_CHECKSUM (values that change the pods need a new runId)",
     "api-group": "runtimeRef.apiGroup is explicit (the CRD defaults it: no drift for Argo CD)",
     "quantities": "resource quantities are strings, as the API returns them (the SDK sends 4.0 for cpu 4)",
+    "ephemeral-storage": "resourcesPerNode requests ephemeral-storage = job.tmpSizeLimit (what /tmp, an emptyDir "
+                         "with that sizeLimit, may hold; as on the PyTorchJob's trainer)",
     "labels": "app.kubernetes.io/* and helm.sh/chart labels added to the given ones",
     "name": "the name is <fullname>[-<runId>], not random",
     "num-proc": "numProcPerNode comes from job.nprocPerNode (default 1, as in the v1 reference; \"auto\" leaves it "
@@ -89,6 +91,7 @@ def test_same_runtime_job_shape_and_resources(chart_and_sdk):
         assert c[key] == s[key], key
     # quantities: strings in the chart, numbers from the SDK; the same resources either way
     as_text = {k: {n: str(int(q)) if isinstance(q, float) else q for n, q in v.items()} for k, v in s["resourcesPerNode"].items()}
+    as_text["requests"]["ephemeral-storage"] = "10Gi"  # ephemeral-storage: job.tmpSizeLimit's default
     assert c["resourcesPerNode"] == as_text
     assert chart["spec"]["activeDeadlineSeconds"] == sdk["spec"]["activeDeadlineSeconds"]
 
@@ -116,7 +119,7 @@ def test_intended_differences_are_exactly_these(chart_and_sdk):
     assert set(chart["spec"]["trainer"]) - set(sdk["spec"]["trainer"]) == {"numProcPerNode"}  # num-proc
     assert chart["spec"]["trainer"]["numProcPerNode"] == 1
     assert set(INTENDED_DIFFERENCES) == {"initializer", "access-token", "env", "api-group", "quantities", "labels",
-                                         "name", "num-proc"}
+                                         "name", "num-proc", "ephemeral-storage"}
 
 
 def test_every_v2_sdk_parameter_is_in_the_readme_table():

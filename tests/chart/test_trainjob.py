@@ -213,9 +213,9 @@ POD_FIELDS_OWN = {"containers", "initContainers", "volumes", "restartPolicy"}
 # What only the PyTorchJob's pods carry (issue 14, docs/ARCHITECTURE "Failures on a cluster"): the
 # initializer's outcome handed to the pytorch container (the only one whose exit code the Training
 # Operator reads), the attempt ledger's pod identity, torchrun's rendezvous env for a Workers-only
-# job, the API token for the failure Event, /tmp's ephemeral-storage request, and the output
-# claim in the Master's initializer (its writability check). The TrainJob's
-# JobSet fails the job on the initializer's own exit code, so none of it is needed there.
+# job, the API token for the failure Event, and the output claim in the Master's initializer (its
+# writability check). The TrainJob's JobSet fails the job on the initializer's own exit code, so none
+# of it is needed there. /tmp's ephemeral-storage request is on both (the TrainJob's resourcesPerNode).
 V1_ONLY_ENV = {"PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NODE_RANK", "PET_RDZV_CONF", "LLM_FINETUNE_JOB_EVENTS",
                "LLM_FINETUNE_POD_NAME", "LLM_FINETUNE_POD_INDEX", "POD_NAMESPACE"}
 V1_ONLY_ARGS = {"--shared", "--outcome", "--initializer-outcome"}
@@ -236,10 +236,6 @@ def _without_v1_failure_plumbing(spec: dict) -> dict:
         c.pop("ports", None)  # the operator's pytorchjob-port on rank 0 (common/service.go)
         if c in spec.get("initContainers", []):  # the Master's initializer checks /output is writable
             c["volumeMounts"] = [m for m in c["volumeMounts"] if m["mountPath"] != "/output"]
-        requests = c.get("resources", {}).get("requests", {})
-        requests.pop("ephemeral-storage", None)
-        if not requests:
-            c.get("resources", {}).pop("requests", None)
     return spec
 
 
@@ -283,7 +279,11 @@ def test_trainjob_spec_follows_the_values(helm4):
     job, rt = trainjob(docs), runtime(docs)
     assert job["metadata"]["name"] == "ft-llm-finetune-7"
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
-    assert job["metadata"]["labels"]["team"] == "nlp" and job["metadata"]["annotations"] == {"note": "x"}
+    assert job["metadata"]["labels"]["team"] == "nlp" and job["metadata"]["annotations"]["note"] == "x"
+    # what the preflight compares with a live TrainJob of the same runId (as on the PyTorchJob)
+    assert set(job["metadata"]["annotations"]) == {"note", "llm-finetune.io/spec-checksum", "checksum/config"}
+    assert env({"env": job["spec"]["trainer"]["env"]})["LLM_FINETUNE_SPEC_CHECKSUM"]["value"] == \
+        job["metadata"]["annotations"]["llm-finetune.io/spec-checksum"]
     assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime",
                                          "name": rt["metadata"]["name"]}
     trainer = job["spec"]["trainer"]

@@ -47,6 +47,30 @@ def test_changed_values_for_a_live_run_are_refused_and_the_hook_drops_its_permis
     assert ("DELETE", f"/apis/rbac.authorization.k8s.io/v1/namespaces/ml/rolebindings/{JOB}-preflight") in kube_api.cluster.requests
 
 
+@pytest.mark.parametrize("change, what", [
+    (None, ""),
+    ({"training": {"args": {"learning_rate": 0.001}}}, "different config (model, dataset, data, training"),
+    ({"job": {"numWorkers": 3}}, "different job spec (pods, resources, images, run policy)"),
+    ({"job": {"tmpSizeLimit": "20Gi"}}, "different job spec"),  # only the runtime changes: the TrainJob would run its snapshot
+])
+def test_a_live_trainjob_of_the_same_run_is_compared_too(hook, kube_api, helm4, termination_log, change, what):
+    """backend trainjob: the same check on trainjobs/<job>, whose trainer is immutable and whose runtime is a snapshot."""
+    from hooks.test_preflight import V2, trainer_cluster
+
+    trainer_cluster(kube_api.cluster, helm4)
+    live = next(d for d in render(helm4, V2) if d["kind"] == "TrainJob")
+    kube_api.cluster.trainer[("trainjobs", "ml", JOB)] = {**live, "status": {"conditions": [
+        {"type": "Suspended", "status": "False", "reason": "Resumed", "message": ""}]}}
+    changed = {**V2, **{k: {**V2.get(k, {}), **v} for k, v in (change or {}).items()}}
+    kube_api.cluster.rbac_objects |= hook_bindings(helm4, changed)
+    assert hook(changed) == (1 if change else 0)
+    if change:
+        msg = termination_log.read_text()
+        assert f"runId: TrainJob '{JOB}' (this release (no runId)) already exists with a {what}" in msg
+        assert "immutable and it runs from its snapshot of the old runtime" in msg and f"delete trainjob {JOB}" in msg
+        assert kube_api.cluster.rbac_objects == set()
+
+
 def test_kueue_queue_must_exist_and_the_v0_19_default_is_a_warning(hook, kube_api, termination_log, caplog):
     healthy(kube_api.cluster)
     values = {**VALUES, "job": {**VALUES["job"], "queueName": "team-a"}}

@@ -228,6 +228,7 @@ def test_trainjob_all_good_with_the_charts_role(hook, kube_api, helm4, terminati
         ("GET", "/apis/trainer.kubeflow.org/v1alpha1"),
         ("GET", "/apis/jobset.x-k8s.io/v1alpha2"),
         ("GET", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainingruntimes/ft-llm-finetune"),
+        ("GET", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs/ft-llm-finetune"),  # same runId, changed values?
         ("GET", "/api/v1/namespaces/ml/secrets/hf-token"),
         ("GET", "/api/v1/namespaces/ml/secrets/s3-creds"),
         ("GET", "/api/v1/namespaces/ml/persistentvolumeclaims/shared-data"),
@@ -270,6 +271,8 @@ def test_trainjob_hook_env_is_the_contract(helm4):
     assert env["PREFLIGHT_BACKEND"] == "trainjob" and env["PREFLIGHT_RUNTIME"] == "TrainingRuntime/ft-llm-finetune"
     assert {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainingruntimes"], "resourceNames": ["ft-llm-finetune"],
             "verbs": ["get"]} in rules
+    assert {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "resourceNames": ["ft-llm-finetune"],
+            "verbs": ["get"]} in rules and not [r for r in rules if r["resources"] == ["pytorchjobs"]]
     from llm_finetune.hooks.preflight import Request
 
     assert Request.from_env(env).runtime == ("TrainingRuntime", "ft-llm-finetune")

@@ -107,8 +107,8 @@ SHORT = {"training": {"args": {"max_steps": 4, "save_steps": 2, "logging_steps":
 
 
 @pytest.mark.slow
-def test_the_demo_gives_the_same_output_on_both_backends(tmp_path, helm4):
-    """One workdir (the demo assets are built once, the downloads are reused), two runs: runId v1 on the
+def test_the_demo_gives_the_same_output_on_both_backends(tmp_path, helm4, demo_workdir):
+    """One workdir (the session's demo assets, the downloads reused), two runs: runId v1 on the
     PyTorchJob backend, runId v2 on the TrainJob backend; the same adapter bytes and losses."""
     (tmp_path / "short.yaml").write_text(yaml.safe_dump(SHORT))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "HF_TOKEN", "LLM_FINETUNE_"))}

@@ -47,7 +47,7 @@ def run_local(tmp_path: Path, helm: str, *extra: str, values: dict | None = None
                           env=_env(tmp_path, helm), capture_output=True, text=True, timeout=timeout)
 
 
-def test_demo_end_to_end_initializer_then_two_workers_then_report(tmp_path, helm4):
+def test_demo_end_to_end_initializer_then_two_workers_then_report(tmp_path, helm4, demo_workdir):
     proc = run_local(tmp_path, helm4, values=SHORT)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
@@ -98,7 +98,7 @@ def test_bad_values_stop_with_the_validators_message_before_anything_starts(tmp_
     assert not any((work / d).exists() for d in ("s3", "claims", "pods", "logs"))
 
 
-def test_a_failing_step_stops_the_run_with_its_own_message_and_exit_code(tmp_path, helm4):
+def test_a_failing_step_stops_the_run_with_its_own_message_and_exit_code(tmp_path, helm4, demo_workdir):
     """A permanent initializer error on worker-0 (the pod that fills the shared claim): its outcome ends the
     pytorch container with exit 1, the job is Failed, and worker-1 (waiting) is deleted (cleanPodPolicy Running)."""
     proc = run_local(tmp_path, helm4, "--set", "dataset.uri=s3://llm-finetune-demo/no-such-prefix", values=SHORT,
@@ -156,7 +156,7 @@ def _wait_for_output(proc: subprocess.Popen, log: Path, text: str, what: str, ti
         time.sleep(0.1)
 
 
-def test_ctrl_c_stops_every_local_process(tmp_path, helm4):
+def test_ctrl_c_stops_every_local_process(tmp_path, helm4, demo_workdir):
     values = {"training": {"args": {"max_steps": 5000, "save_steps": 1000, "logging_steps": 1}}, "data": {"maxSeqLength": 64}}
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(values))
     command = [LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "override.yaml"),
@@ -184,7 +184,7 @@ def _alive(pids) -> list[int]:
     return out
 
 
-def test_sigkill_of_run_local_stops_every_process_and_the_workdir_is_locked_till_then(tmp_path, helm4):
+def test_sigkill_of_run_local_stops_every_process_and_the_workdir_is_locked_till_then(tmp_path, helm4, demo_workdir):
     """run-local killed with SIGKILL (no chance to clean up): every process it started still stops — the
     trainers in their own sessions too — and a second run-local on the same workdir refuses to start
     meanwhile, naming the PID that holds it."""

@@ -1,13 +1,17 @@
 """The preflight's checks of what the cluster's controllers will do with this release.
 
-* **A changed run** (:func:`check_existing_job`): the Training Operator v1.9's webhook makes no
+* **A changed run** (:func:`check_existing_job`, both backends): the Training Operator v1.9's webhook makes no
   field of a live PyTorchJob immutable (``ValidateUpdate`` even reads the new object twice:
   kubeflow/training-operator@v1.9.0:pkg/webhooks/pytorch/pytorchjob_webhook.go:63-70), so an
   upgrade with the same ``runId`` and other values would patch the live job: pods recreated later
   run the new config beside ranks on the old one, a changed ``numWorkers`` breaks a fixed-size
   rendezvous, and Helm/Argo CD delete the old ConfigMap under running pods. The PyTorchJob of
   this release carries ``llm-finetune.io/spec-checksum`` (its rendered spec) and its pods
-  ``checksum/config``; a live job with other checksums is refused. No ``lookup``: Argo CD renders
+  ``checksum/config``; a live job with other checksums is refused. A TrainJob carries the same two
+  annotations: its ``trainer``/``initializer``/``runtimeRef`` are immutable (an upgrade that
+  changes them fails with the API server's terse CEL error) and it runs from its own snapshot of
+  the runtime (kubeflow/trainer v2.3.0 pkg/runtime/core/snapshot.go: a changed runtime never reaches
+  it), so the check says what changed and what to do first. No ``lookup``: Argo CD renders
   with ``helm template``, so the hook reads the live object through the API.
 * **Kueue** (:func:`check_queue`): the LocalQueue named by ``job.queueName`` must exist (else the
   job waits forever once Kueue manages it); and Kueue >= v0.19 no longer enables the
@@ -43,38 +47,51 @@ ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 KUEUE_GROUP, KUEUE_VERSIONS = "kueue.x-k8s.io", ("v1beta1", "v1beta2")
 
 
+# (group, version, plural, kind) of the job each backend renders
+JOB_APIS = {"pytorchjob": ("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob"),
+            "trainjob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")}
+WHY = {"pytorchjob": "pods recreated later would run the new values beside ranks on the old ones",
+       # kubeflow/trainer v2.3.0 pkg/apis/trainer/v1alpha1/trainjob_types.go (CEL self == oldSelf) and
+       # pkg/runtime/core/snapshot.go: the TrainJob keeps running its copy of the old runtime
+       "trainjob": "its trainer, initializer and runtimeRef are immutable and it runs from its snapshot of the old runtime"}
+
+
 def _config_checksums(job: dict[str, Any]) -> set[str]:
+    """The config checksum a live job runs with: its pod templates' (PyTorchJob) or its own annotation (TrainJob)."""
+    own = ((job.get("metadata") or {}).get("annotations") or {}).get(CONFIG_CHECKSUM)
     specs = ((job.get("spec") or {}).get("pytorchReplicaSpecs") or {}).values()
     return {str((((s or {}).get("template") or {}).get("metadata") or {}).get("annotations", {}).get(CONFIG_CHECKSUM))
-            for s in specs}
+            for s in specs} | ({str(own)} if own else set())
 
 
-def check_existing_job(kube, name: str, spec_checksum: str, config_checksum: str, run_id: str) -> list[Problem]:
-    """A live PyTorchJob of this name must be the same run (same spec), or the upgrade is refused."""
+def check_existing_job(kube, name: str, spec_checksum: str, config_checksum: str, run_id: str,
+                       backend: str = "pytorchjob") -> list[Problem]:
+    """A live job (PyTorchJob or TrainJob) of this name must be the same run (same spec), or the upgrade is refused."""
     if not name or not spec_checksum:
         return []
+    group, version, plural, kind = JOB_APIS[backend]
     custom = kube.client.CustomObjectsApi(kube.api)
     try:
-        job = kube.call(f"GET pytorchjob {name}", custom.get_namespaced_custom_object, "kubeflow.org", "v1",
-                        kube.namespace, "pytorchjobs", name)
+        job = kube.call(f"GET {kind.lower()} {name}", custom.get_namespaced_custom_object, group, version,
+                        kube.namespace, plural, name)
     except NotFound:
-        log.info("no PyTorchJob %s yet: a new run", name)
+        log.info("no %s %s yet: a new run", kind, name)
         return []
     except Forbidden:
-        return [Problem("runId", f"reading PyTorchJob {name!r} is forbidden: cannot tell whether this upgrade changes a live run",
-                        f"the preflight Role must allow get on pytorchjobs with resourceNames [{name}]", WARNING, "run")]
+        return [Problem("runId", f"reading {kind} {name!r} is forbidden: cannot tell whether this upgrade changes a live run",
+                        f"the preflight Role must allow get on {plural} with resourceNames [{name}]", WARNING, "run")]
     live = ((job.get("metadata") or {}).get("annotations") or {}).get(SPEC_CHECKSUM)
     if live == spec_checksum:
-        log.info("PyTorchJob %s exists with the same spec: nothing of the run changes", name)
+        log.info("%s %s exists with the same spec: nothing of the run changes", kind, name)
         return []
     what = "config (model, dataset, data, training, output, download)" if config_checksum not in _config_checksums(job) \
         else "job spec (pods, resources, images, run policy)"
     state = next((c.get("type") for c in reversed((job.get("status") or {}).get("conditions") or []) if c.get("status") == "True"), "")
     run = f"runId {run_id!r}" if run_id else "this release (no runId)"
-    return [Problem("runId", f"PyTorchJob {name!r} ({run}{', ' + state if state else ''}) already exists with a different {what}: "
-                    "a run is never changed in place (pods recreated later would run the new values beside ranks on the old ones)",
+    return [Problem("runId", f"{kind} {name!r} ({run}{', ' + state if state else ''}) already exists with a different {what}: "
+                    f"a run is never changed in place ({WHY[backend]})",
                     f"set a new runId (--set runId=...) for a new run that reuses the downloads, or delete the job "
-                    f"(kubectl -n {kube.namespace} delete pytorchjob {name}) to re-run {run} with the new values", ERROR, "run")]
+                    f"(kubectl -n {kube.namespace} delete {kind.lower()} {name}) to re-run {run} with the new values", ERROR, "run")]
 
 
 def check_queue(kube, queue: str, *, pytorchjob: bool = True) -> list[Problem]:

@@ -32,7 +32,7 @@ never secret values):
 ``PREFLIGHT_NUM_WORKERS``  ``job.numWorkers`` (pods of the job)
 ``PREFLIGHT_BACKEND``  ``backend``: ``pytorchjob`` (default) or ``trainjob``
 ``PREFLIGHT_RUNTIME``  ``trainjob``: ``<TrainingRuntime|ClusterTrainingRuntime>/<name>`` the TrainJob references
-``PREFLIGHT_JOB``      ``pytorchjob`` only: the PyTorchJob's name; ``PREFLIGHT_SPEC_CHECKSUM``,
+``PREFLIGHT_JOB``      the PyTorchJob's or TrainJob's name; ``PREFLIGHT_SPEC_CHECKSUM``,
                        ``PREFLIGHT_CONFIG_CHECKSUM``: what its spec and config will be
 ``PREFLIGHT_QUEUE``    ``job.queueName``
 ``PREFLIGHT_POD_SECURITY``  ``true``: the PyTorchJob has a Master and Workers; check the namespace
@@ -41,7 +41,7 @@ never secret values):
 
 RBAC (the hook's Role): ``get`` on ``secrets`` limited by ``resourceNames`` to those
 Secrets, ``get`` on ``persistentvolumeclaims`` limited to the claim, ``get`` on that
-``trainingruntimes``, on that ``pytorchjobs`` and ``localqueues``, ``delete`` on its own
+``trainingruntimes``, on that ``pytorchjobs`` or ``trainjobs`` and ``localqueues``, ``delete`` on its own
 RoleBinding; with ``PREFLIGHT_POD_SECURITY`` a ClusterRole: ``get`` on this namespace,
 ``delete`` on its own ClusterRoleBinding. Reading the claim's StorageClass or a
 ClusterTrainingRuntime (cluster-scoped) is optional: when forbidden, a warning.
@@ -284,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
     problems += check_runtime(kube, request)
     problems += check_secrets(kube, request)
     problems += check_claim(kube, request, mode)
-    problems += cluster.check_existing_job(kube, request.job, request.spec_checksum, request.config_checksum, run_id)
+    problems += cluster.check_existing_job(kube, request.job, request.spec_checksum, request.config_checksum, run_id,
+                                           request.backend)
     problems += cluster.check_queue(kube, request.queue, pytorchjob=request.backend == "pytorchjob")
     if request.pod_security:
         problems += cluster.check_pod_security(kube)
