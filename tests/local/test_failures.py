@@ -172,8 +172,10 @@ def test_an_outage_longer_than_the_backoff_limit_gives_up_after_bounded_attempts
     assert "gave up after 2 attempt(s)" in (tmp_path / "run-local.termination-log").read_text()
 
 
-def _pids(pod: str, *, trainer: bool) -> list[int]:
-    """Processes of a local pod: its launcher (trainer=False) or its torchrun worker processes."""
+def _pids(tmp_path: Path, pod: str, *, trainer: bool) -> list[int]:
+    """Processes of a local pod of this test's run-local (their termination logs lie in the pod's folder):
+    its launcher (trainer=False) or its torchrun worker processes."""
+    folder = str(tmp_path / "work" / "pods" / pod) + "/"
     found = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
@@ -181,7 +183,7 @@ def _pids(pod: str, *, trainer: bool) -> list[int]:
             cmd = (environ.parent / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if env.get("LLM_FINETUNE_POD_NAME") != pod:
+        if not env.get("LLM_FINETUNE_TERMINATION_LOG", "").startswith(folder):
             continue
         if trainer and "LOCAL_RANK" in env and b"train" in cmd:
             found.append(int(environ.parent.name))
@@ -197,7 +199,7 @@ def _after_first_checkpoint(tmp_path: Path, proc, pod: str, *, trainer: bool) ->
         assert proc.poll() is None, (tmp_path / "out.log").read_text()[-4000:]
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.1)
-    pids = _pids(pod, trainer=trainer)
+    pids = _pids(tmp_path, pod, trainer=trainer)
     assert pids, f"no {'trainer' if trainer else 'launch'} process of {pod}"
     return pids
 
@@ -278,33 +280,11 @@ def test_trainjob_outage_restarts_the_jobset_until_max_restarts(tmp_path, helm4,
     assert "JobSet restarts: 1 (DefaultFailurePolicy)" in out
 
 
-def _v2_launcher(tmp_path: Path, pod: str) -> list[int]:
-    """The launcher process of a local TrainJob pod (its termination log lies in the pod's folder)."""
-    folder = str(tmp_path / "work" / "pods" / pod) + "/"
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            env = dict(kv.split("=", 1) for kv in environ.read_bytes().decode(errors="replace").split("\0") if "=" in kv)
-            cmd = (environ.parent / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if env.get("LLM_FINETUNE_TERMINATION_LOG", "").startswith(folder) and b"launch" in cmd and "LOCAL_RANK" not in env:
-            found.append(int(environ.parent.name))
-    return found
-
-
 def test_trainjob_sigterm_143_restarts_the_jobset_and_the_node_resumes(tmp_path, helm4, bucket):
     """The kubelet's SIGTERM reaches node-0's launcher after a checkpoint: exit 143, RestartJobSet (the
     initializer Job runs again and finds everything in place), the new node pod resumes; Complete."""
     proc = run_local(tmp_path, helm4, bucket, {**V2, "training": {"args": {"max_steps": 8, "save_steps": 2}}}, wait=False)
-    checkpoints = tmp_path / "work" / "claims" / "local-llm-finetune-workspace" / "runs" / JOB / "checkpoints"
-    deadline = time.monotonic() + 400
-    while not (checkpoints.is_dir() and any((c / ".llm-finetune-complete.json").exists() for c in checkpoints.iterdir())):
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "out.log").read_text()[-4000:]
-        time.sleep(0.1)
-    pids = _v2_launcher(tmp_path, NODE0)
-    assert pids
-    for pid in pids:
+    for pid in _after_first_checkpoint(tmp_path, proc, NODE0, trainer=False):
         os.kill(pid, signal.SIGTERM)
     assert proc.wait(600) == 0, (tmp_path / "out.log").read_text()[-6000:]
     output = tmp_path / "work" / "claims" / "local-llm-finetune-workspace" / "runs" / JOB / "output"

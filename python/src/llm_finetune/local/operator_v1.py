@@ -239,6 +239,15 @@ class Event:
     count: int = 1
 
 
+def record_event(events: list[Event], event: Event) -> None:
+    """Record an Event on the job; a repeat of an identical one only counts up (client-go's aggregation)."""
+    for e in events:
+        if (e.type, e.reason, e.message, e.source) == (event.type, event.reason, event.message, event.source):
+            e.count += 1
+            return
+    events.append(event)
+
+
 @dataclass
 class JobStatus:
     conditions: list[Condition] = field(default_factory=list)
@@ -297,12 +306,7 @@ class Reconciler:
         self.set_condition("Created", "Created", f"PyTorchJob {job.name} is created.")
 
     def event(self, etype: str, reason: str, message: str, source: str = CONTROLLER_NAME) -> None:
-        """Record an Event on the job; a repeat of the last identical one only counts up (client-go's aggregation)."""
-        for e in self.events:
-            if (e.type, e.reason, e.message, e.source) == (etype, reason, message, source):
-                e.count += 1
-                return
-        self.events.append(Event(etype, reason, message, source))
+        record_event(self.events, Event(etype, reason, message, source))
 
     def set_condition(self, ctype: str, reason: str, message: str, status: str = "True") -> None:
         self.status.set_condition(ctype, self.kind + reason, message, status)

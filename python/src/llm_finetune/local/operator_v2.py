@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import UserError
-from .operator_v1 import Actions, Condition, Event, PodStatus
+from .operator_v1 import Actions, Condition, Event, PodStatus, record_event
 from .plan import Pod, upsert_env
 
 GROUP = "trainer.kubeflow.org"
@@ -377,11 +377,7 @@ class JobSetReconciler:
         self.start: float | None = None
 
     def event(self, etype: str, reason: str, message: str, source: str = CONTROLLER) -> None:
-        for e in self.events:
-            if (e.type, e.reason, e.message, e.source) == (etype, reason, message, source):
-                e.count += 1
-                return
-        self.events.append(Event(etype, reason, message, source))
+        record_event(self.events, Event(etype, reason, message, source))
 
     def reconcile(self, pods: dict[str, PodStatus], now: float) -> Actions:
         actions = Actions()
