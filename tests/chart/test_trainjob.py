@@ -271,6 +271,20 @@ def test_the_pods_run_the_same_containers_as_the_pytorchjob_master(helm4, case, 
     assert not [e["name"] for e in trainer["env"] if e["name"].startswith("PET_")]
 
 
+@pytest.mark.parametrize("mode", ["shared", "perPod"])
+def test_no_attempt_ledger_and_no_failure_events_on_trainjob(helm4, mode):
+    """JobSet counts restarts itself (maxRestarts): the issue-14 attempt ledger (opened by `initialize --outcome`,
+    closed by `launch --initializer-outcome`) and the pods' Events on the PyTorchJob stay off here."""
+    docs = render(helm4, {**V2, "storage": {"mode": mode, "accessModes": ["ReadWriteMany"]}, "job": {"numWorkers": 2}})
+    pods = [rjob["template"]["spec"]["template"]["spec"] for rjob in rjobs(docs).values()]
+    containers = [c for p in pods for c in p.get("initContainers", []) + p["containers"]] + [trainjob(docs)["spec"]["trainer"]]
+    for c in containers:
+        assert not {"--outcome", "--initializer-outcome", "--shared"} & set(c.get("command", []) + c.get("args", [])), c["command"]
+        assert "LLM_FINETUNE_JOB_EVENTS" not in {e["name"] for e in c.get("env", [])}
+    assert all(p["automountServiceAccountToken"] is False for p in pods)  # no API token for Events
+    assert not find(docs, "Role", hook="")  # the job Role (events, get pytorchjobs) is the PyTorchJob backend's
+
+
 def test_trainjob_spec_follows_the_values(helm4):
     docs = render(helm4, {**V2, "runId": "7", "job": {
         "numWorkers": 3, "nprocPerNode": 4, "queueName": "team-a", "labels": {"team": "nlp"},

@@ -266,6 +266,27 @@ def test_trainjob_given_cluster_runtime(hook, kube_api, helm4, termination_log, 
     assert "ClusterTrainingRuntime 'llm-gpu' has no replicated job 'node' with a container 'node' (it has: trainer)" in termination_log.read_text()
 
 
+def _as_cluster_runtime(helm4, values, name="llm-gpu"):
+    """The chart's runtime for ``values``, installed by a platform team as a ClusterTrainingRuntime."""
+    (rt,) = find(render(helm4, values), "TrainingRuntime")
+    return {**rt, "kind": "ClusterTrainingRuntime", "metadata": {"name": name}}
+
+
+def test_trainjob_given_cluster_runtime_must_mount_this_releases_config(hook, kube_api, helm4, termination_log):
+    """A user runtime is the chart's runtime rendered for the release; its ConfigMap's name changes with the
+    config, so one rendered for other values would leave the node pods without theirs."""
+    values = {**V2, "trainjob": {"runtimeRef": {"name": "llm-gpu", "kind": "ClusterTrainingRuntime"}}}
+    trainer_cluster(kube_api.cluster, helm4)
+    kube_api.cluster.cluster_rbac = [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["clustertrainingruntimes"], "verbs": ["get"]}]
+    kube_api.cluster.add_runtime(_as_cluster_runtime(helm4, {**V2, "training": {"args": {"learning_rate": 0.001}}}))
+    assert hook(values) == 1
+    msg = termination_log.read_text()
+    assert "ClusterTrainingRuntime 'llm-gpu' runs its node pods with ConfigMap ft-llm-finetune-config-" in msg
+    assert "not this release's config 'ft-llm-finetune-config-" in msg and "--show-only templates/trainingruntime.yaml" in msg
+    kube_api.cluster.add_runtime(_as_cluster_runtime(helm4, V2))  # rendered for these values: fine
+    assert hook(values) == 0
+
+
 def test_trainjob_hook_env_is_the_contract(helm4):
     _, env, _, rules = hook_objects(helm4, V2)
     assert env["PREFLIGHT_BACKEND"] == "trainjob" and env["PREFLIGHT_RUNTIME"] == "TrainingRuntime/ft-llm-finetune"
@@ -276,5 +297,7 @@ def test_trainjob_hook_env_is_the_contract(helm4):
     from llm_finetune.hooks.preflight import Request
 
     assert Request.from_env(env).runtime == ("TrainingRuntime", "ft-llm-finetune")
+    (cm,) = find(render(helm4, V2), "ConfigMap", hook="")
+    assert Request.from_env(env).config_map == env["PREFLIGHT_CONFIGMAP"] == cm["metadata"]["name"]
     _, env, _, _ = hook_objects(helm4, VALUES)
     assert env["PREFLIGHT_BACKEND"] == "pytorchjob" and "PREFLIGHT_RUNTIME" not in env

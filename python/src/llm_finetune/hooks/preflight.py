@@ -32,6 +32,7 @@ never secret values):
 ``PREFLIGHT_NUM_WORKERS``  ``job.numWorkers`` (pods of the job)
 ``PREFLIGHT_BACKEND``  ``backend``: ``pytorchjob`` (default) or ``trainjob``
 ``PREFLIGHT_RUNTIME``  ``trainjob``: ``<TrainingRuntime|ClusterTrainingRuntime>/<name>`` the TrainJob references
+``PREFLIGHT_CONFIGMAP``  ``trainjob``: the release's config ConfigMap (the runtime's pods must mount it)
 ``PREFLIGHT_JOB``      the PyTorchJob's or TrainJob's name; ``PREFLIGHT_SPEC_CHECKSUM``,
                        ``PREFLIGHT_CONFIG_CHECKSUM``: what its spec and config will be
 ``PREFLIGHT_QUEUE``    ``job.queueName``
@@ -78,6 +79,7 @@ class Request:
     queue: str = ""
     pod_security: bool = False
     rbac: list[str] = field(default_factory=list)
+    config_map: str = ""  # trainjob: the ConfigMap the runtime's pods must mount
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Request":
@@ -103,7 +105,8 @@ class Request:
         return cls(secrets, env.get("PREFLIGHT_CLAIM", "").strip(), int(raw), backend, (kind, runtime),
                    env.get("PREFLIGHT_JOB", ""), env.get("PREFLIGHT_SPEC_CHECKSUM", ""),
                    env.get("PREFLIGHT_CONFIG_CHECKSUM", ""), env.get("PREFLIGHT_QUEUE", "").strip(),
-                   env.get("PREFLIGHT_POD_SECURITY") == "true", env.get("PREFLIGHT_RBAC", "").split())
+                   env.get("PREFLIGHT_POD_SECURITY") == "true", env.get("PREFLIGHT_RBAC", "").split(),
+                   env.get("PREFLIGHT_CONFIGMAP", "").strip())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,12 +184,23 @@ def check_runtime(kube, request: Request) -> list[Problem]:
         return [Problem("trainjob.runtimeRef.name", f"reading {kind} {name!r} is forbidden: not checked",
                         "the preflight Role allows get on that trainingruntime; a ClusterTrainingRuntime needs a ClusterRole the chart does not create",
                         severity, "cluster")]
+    return _runtime_shape(kind, name, runtime, request.config_map)
+
+
+def _runtime_shape(kind: str, name: str, runtime: dict, config_map: str) -> list[Problem]:
+    """A runtime the TrainJob can run on: a `node` job with a container `node`, pods that mount this release's config."""
     jobs = {r.get("name"): r for r in (((runtime.get("spec") or {}).get("template") or {}).get("spec") or {}).get("replicatedJobs") or []}
-    containers = [c.get("name") for c in (((((jobs.get("node") or {}).get("template") or {}).get("spec") or {})
-                                             .get("template") or {}).get("spec") or {}).get("containers") or []]
-    if "node" not in containers:
+    pod = ((((jobs.get("node") or {}).get("template") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+    if "node" not in [c.get("name") for c in pod.get("containers") or []]:
         return [Problem("trainjob.runtimeRef.name", f"{kind} {name!r} has no replicated job 'node' with a container 'node' (it has: {', '.join(map(str, jobs)) or 'none'})",
                         "the chart's TrainJob needs a runtime of the chart's shape: leave trainjob.runtimeRef.name empty, or see README (Choosing a backend)", ERROR, "cluster")]
+    mounted = sorted({(v.get("configMap") or {}).get("name") for v in pod.get("volumes") or [] if v.get("configMap")})
+    if config_map and config_map not in mounted:
+        return [Problem("trainjob.runtimeRef.name", f"{kind} {name!r} runs its node pods with ConfigMap {', '.join(mounted) or 'none'}, "
+                        f"not this release's config {config_map!r} (its name changes with the config): the pods would never start, "
+                        "or train with another config",
+                        "render the runtime for these values (helm template with the same values, trainjob.runtimeRef unset, "
+                        "--show-only templates/trainingruntime.yaml) and apply it, or leave trainjob.runtimeRef.name empty", ERROR, "cluster")]
     log.info("%s %s is there (replicated jobs: %s)", kind, name, ", ".join(map(str, jobs)))
     return []
 
