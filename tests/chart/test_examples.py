@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from fixtures import crds
-from fixtures.render import CHART, find, job_config_text, pytorchjob, render, render_text
+from fixtures.render import CHART, argocd_values_file, find, job_config_text, pytorchjob, render, render_text
 from llm_finetune.core import config as C
 from llm_finetune.core.helm import template
 
@@ -25,16 +25,9 @@ CORE_KINDS = {"PersistentVolumeClaim", "ConfigMap", "ServiceAccount", "Role", "R
               "ClusterRole", "ClusterRoleBinding"}  # the preflight reads the namespace (Master topology only)
 
 
-def _argocd_values(tmp_dir: Path) -> Path:
-    app = yaml.safe_load(ARGOCD_APP.read_text())
-    path = tmp_dir / "argocd-values.yaml"
-    path.write_text(yaml.safe_dump(app["spec"]["source"]["helm"]["valuesObject"]))
-    return path
-
-
 @pytest.fixture(scope="module")
-def argocd_values(tmp_path_factory) -> Path:
-    return _argocd_values(tmp_path_factory.mktemp("argocd"))
+def argocd_values() -> Path:
+    return argocd_values_file()  # one path for the session: test_trainjob.py's renders of it hit the same cache
 
 
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
