@@ -216,7 +216,7 @@ def test_sigkill_of_run_local_stops_every_process_and_the_workdir_is_locked_till
     os.close(lock_workdir(tmp_path / "work"))  # free again once the last of them has ended
 
 
-def test_sigterm_stops_run_local_with_143_and_every_process(tmp_path, helm4):
+def test_sigterm_stops_run_local_with_143_and_every_process(tmp_path, helm4, demo_workdir):
     """SIGTERM (e.g. ``timeout``, a CI runner cancelling) as soon as the first pod runs: every process it started
     stops, one line, run-local's termination message and exit 143, as for the commands of the pods."""
     command = [LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "--workdir", str(tmp_path / "work")]
