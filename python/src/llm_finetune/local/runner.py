@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..core.errors import FinetuneError, Terminated
+from ..core.errors import EXIT_INTERRUPTED, FinetuneError, Terminated
 from .executor import Executor, ProcessExecutor
 from .operator_v1 import INIT_CONTAINER_MAX_TRIES, INIT_CONTAINER_SLEEP_SECONDS, JobResult, OperatorLoop, PodStatus
 from .operator_v2 import JobSetReconciler, JobSetSpec
@@ -296,3 +296,59 @@ def failure_message(run: PodRun) -> str:
         return Path(spec.termination_log).read_text(encoding="utf-8").strip() if spec else ""
     except OSError:
         return ""
+
+
+class Runner:
+    """Every pod of a plan at once, in stages, the first failure stopping the rest: no operator model (the container
+    tests drive an executor with it; run-local itself runs both backends through :func:`run_job`)."""
+
+    def __init__(self, plan: JobPlan, *, stream=None, keep_fds: tuple[int, ...] = (), executor: Executor | None = None):
+        self.plan = plan
+        self.node = Node(plan.workdir, stream=stream, keep_fds=keep_fds, executor=executor)
+        self.failure: tuple[ProcessSpec, int] | None = None
+        self.stopping = threading.Event()
+
+    def stop_all(self, sig: int = signal.SIGTERM, grace: float = 20.0) -> None:
+        self.stopping.set()
+        stop_pods(self.node, self.node.pods_running(), sig, grace, lambda: bool(self.node.pods_running()))
+
+    def _run_pod(self, pod: PodPlan) -> None:
+        for spec in pod.processes:
+            code = self.node.run(spec, pod.short, self.stopping)
+            if code is None:
+                return
+            if code != 0:
+                if self.failure is None and not self.stopping.is_set():
+                    self.failure = (spec, code)
+                threading.Thread(target=self.stop_all, daemon=True).start()
+                return
+            if self.stopping.is_set():
+                return
+
+    def run(self) -> None:
+        """Run every pod; raise :class:`StepFailed` with the failing step's message and code."""
+        restore = _on_stop_signals(lambda signum: self.stop_all(signum))
+        try:
+            self.node.executor.prepare(self.plan)
+            for stage in sorted({p.stage for p in self.plan.pods}):  # a later stage waits for the earlier ones (dependsOn)
+                if self.failure or self.stopping.is_set():
+                    break
+                threads = [threading.Thread(target=self._run_pod, args=(p,), name=p.name, daemon=True)
+                           for p in self.plan.pods if p.stage == stage]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    while t.is_alive():
+                        t.join(0.2)
+        finally:
+            stopped_by = restore()
+            self.stop_all(grace=5.0)
+            self.node.executor.finish(self.plan)
+        _raise_if_stopped(stopped_by)
+        if self.failure:
+            spec, code = self.failure
+            try:
+                message = Path(spec.termination_log).read_text(encoding="utf-8").strip()
+            except OSError:
+                message = ""
+            raise StepFailed(spec, code or EXIT_INTERRUPTED, message)
