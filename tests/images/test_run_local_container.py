@@ -95,8 +95,11 @@ def test_container_demo_ends_as_the_process_demo(images, engine, demo_assets, tm
         assert f"[{pod}/storage-initializer]" in text
         for container in ("storage-initializer", "pytorch"):
             assert (tmp_path / "container" / "logs" / f"local-llm-finetune-demo-{pod}.{container}.log").is_file()
-    left = subprocess.run([*engine, "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
-    assert "local-llm-finetune-demo" not in left  # nothing of the run keeps running or lingers
+    from llm_finetune.local.containers import RUN_LABEL, workdir_key
+
+    label = f"label={RUN_LABEL}={workdir_key(tmp_path / 'container')}"  # this run's only (other runs may be going on)
+    left = subprocess.run([*engine, "ps", "-aq", "--filter", label], capture_output=True, text=True).stdout.split()
+    assert left == []  # nothing of the run keeps running or lingers
 
 
 # ---------------------------------------------------------------------------
