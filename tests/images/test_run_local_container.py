@@ -64,7 +64,7 @@ def summary(proc: subprocess.CompletedProcess, workdir: Path) -> list[str]:
 
 
 def test_container_demo_ends_as_the_process_demo(images, engine, demo_assets, tmp_path, helm4):
-    if demo_assets is not None:  # built in the background while the suite ran (conftest.DemoAssets)
+    if demo_assets is not None and demo_assets.is_dir():  # built in the background while the suite ran (conftest.DemoAssets)
         shutil.copytree(demo_assets, tmp_path / "container" / "demo-assets")
     ctr, ctr_s = run_local(tmp_path, helm4, "container", "--runtime", "container", *image_sets(images))
     assert ctr.returncode == 0, (ctr.stdout + ctr.stderr)[-8000:]
