@@ -3,6 +3,7 @@
 #   make test    the whole test suite (real Helm 3 + 4, SeaweedFS, torchrun, training)
 #   make bench   benchmarks (not part of make test)
 #   make images  build both images here (docker, or buildah without a Docker daemon)
+#   make gpu-check  the trainer vs plain TRL on a GPU: tokens/s, peak memory, MFU (tests/gpu/check.py)
 
 SHELL      := /bin/bash
 PYTHON     ?= python3
@@ -21,7 +22,7 @@ export LLM_FINETUNE_CHECKOV := $(CURDIR)/$(CHECKOV)
 export HELM_BIN ?= $(CURDIR)/$(HELM4)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all setup venv tools test run bench lint images chart-docs constraints clean
+.PHONY: all setup venv tools test run bench gpu-check gpu-wheels lint images chart-docs constraints clean
 
 all: test
 
@@ -56,6 +57,14 @@ run: venv $(HELM3) $(HELM4)
 bench: venv
 	$(BIN)/python tests/bench/run_all.py
 
+# On the accelerator machine (no network, no set-up: its own Python; see tests/gpu/check.sh).
+gpu-check:
+	bash tests/gpu/check.sh $(GPU_CHECK_ARGS)
+
+# Where there is network: the TRL + datasets wheels gpu-check installs where they are missing.
+gpu-wheels: venv
+	$(BIN)/python tests/gpu/wheels.py
+
 lint: $(HELM3) $(HELM4)
 	$(HELM3) lint --strict chart
 	$(HELM4) lint --strict chart
@@ -75,4 +84,4 @@ constraints: venv
 	mv python/constraints.txt.new python/constraints.txt
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .run .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .run .pytest_cache .gpu-check

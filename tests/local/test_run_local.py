@@ -47,8 +47,16 @@ def run_local(tmp_path: Path, helm: str, *extra: str, values: dict | None = None
                           env=_env(tmp_path, helm), capture_output=True, text=True, timeout=timeout)
 
 
-def test_demo_end_to_end_initializer_then_two_workers_then_report(tmp_path, helm4, demo_workdir):
-    proc = run_local(tmp_path, helm4, values=SHORT)
+def _table(samples: str) -> list[list[str]]:
+    """The rows of samples.md's table: number, prompt, expected, base model, fine-tuned."""
+    rows = [line for line in samples.splitlines() if line.startswith("| ") and line[2:3].isdigit()]
+    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
+
+
+def test_demo_end_to_end_learns_what_it_is_taught_on_held_out_prompts(tmp_path, helm4, demo_workdir):
+    """``make run`` unchanged: initializer, two workers, report. The demo's fine-tune must lift held-out exact
+    match from near zero to most prompts (measured: 2% -> 98%; the floors leave room for noise)."""
+    proc = run_local(tmp_path, helm4, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     work = tmp_path / "work"
@@ -62,29 +70,45 @@ def test_demo_end_to_end_initializer_then_two_workers_then_report(tmp_path, helm
     # the job as the Training Operator leaves it: Succeeded, each pod created once
     status = json.loads((work / "status.json").read_text())
     assert status["state"] == "Succeeded" and {p["starts"] for p in status["pods"].values()} == {1}
-    # two pods, one trainer process each: world size 2
+    # two pods, one trainer process each: world size 2, every epoch of the demo's values
     manifest = json.loads((output / "manifest.json").read_text())
     metrics = json.loads((output / "metrics.json").read_text())
-    assert (manifest["worldSize"], manifest["globalStep"], manifest["method"]) == (2, 6, "lora")
+    demo = yaml.safe_load(DEMO.read_text())["training"]["args"]
+    train_rows = len((claim / "dataset" / "train.jsonl").read_text().splitlines())
+    steps = -(-train_rows // (2 * demo["per_device_train_batch_size"])) * demo["num_train_epochs"]
+    assert (manifest["worldSize"], manifest["globalStep"], manifest["method"]) == (2, steps, "lora")
     assert manifest["baseModel"]["uri"] == "s3://llm-finetune-demo/model"
     assert metrics["world_size"] == 2 and metrics["eval"]["eval_loss"] > 0
     assert (work / "logs").is_dir() and any((work / "logs").iterdir())
 
-    # the adapter loads on the base model and generates
+    # what a person looks at: loss curve, every held-out prompt before/after, and a summary naming them
+    png = work / "results" / "loss-curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    held_out = [json.loads(line) for line in (claim / "dataset" / "test.jsonl").read_text().splitlines()]
+    table = _table((work / "results" / "samples.md").read_text())
+    assert [row[2] for row in table] == [f"`{r['output']}`" for r in held_out]  # every held-out prompt, in order
+    right = {"base model": 0, "fine-tuned": 0}
+    for row in table:
+        for column, cell in (("base model", row[3]), ("fine-tuned", row[4])):
+            answer, mark = cell.rsplit(" ", 1)
+            assert mark in ("\u2713", "\u2717") and (mark == "\u2713") == (answer == row[2]), row
+            right[column] += mark == "\u2713"
+    line = re.search(r"held-out exact match: (\d+)% before -> (\d+)% after \((\d+) prompts, none in the training "
+                     r"split\)", proc.stdout)
+    assert line, proc.stdout[-3000:]
+    before, after, prompts = (int(g) for g in line.groups())
+    assert prompts == len(held_out) == 50
+    assert (before, after) == (round(100 * right["base model"] / 50), round(100 * right["fine-tuned"] / 50))
+    assert before <= 20 and after >= 50, line.group(0)  # issue 12: <= 10% before, >= 60% after
+    # the eval loss falls too, and the adapter loads on the base model
+    eval_line = re.search(r"eval loss: ([\d.]+) before training -> ([\d.]+) after", proc.stdout)
+    assert eval_line and float(eval_line.group(2)) < float(eval_line.group(1)) / 2, proc.stdout[-3000:]
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(claim / "model")
-    tuned = PeftModel.from_pretrained(base, output)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(claim / "model"), output)
     assert sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n) > 0
-
-    # what a person looks at: loss curve, before/after samples, and a summary naming them
-    png = work / "results" / "loss-curve.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    samples = (work / "results" / "samples.md").read_text()
-    assert samples.count("- base model:") == samples.count("- fine-tuned:") >= 1
     assert f"output (adapter, tokenizer, manifest.json, metrics.json): {output}" in proc.stdout
-    assert "eval loss:" in proc.stdout and "before training ->" in proc.stdout
     assert str(png) in proc.stdout
 
 

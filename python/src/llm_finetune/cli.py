@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("llm_finetune.hooks.verify",
                "helm test hook: check the run's output on the volume and the PyTorchJob's condition."),
     "demo-assets": ("llm_finetune.local.demo_assets",
-                    "Build the tiny demo model and instruction dataset (deterministic, no network)."),
+                    "Build the tiny test model and an instruction dataset (deterministic, no network)."),
 }
 
 

@@ -1,7 +1,9 @@
 """The embedded default of ``make run``: demo assets served by a local S3 server.
 
-The tiny model and the instruction dataset come from :mod:`llm_finetune.local.demo_assets`
-(deterministic, no network). They are uploaded to a SeaweedFS server started in the
+The pretrained tiny model and the instruction dataset come from :mod:`llm_finetune.local.demo_task`
+(deterministic, no network), built once per machine into ``$XDG_CACHE_HOME/llm-finetune/demo-<key>``
+(``~/.cache``; the key changes with the code that builds them and the library versions) and
+copied into the workdir. They are uploaded to a SeaweedFS server started in the
 workdir, with authentication on; the credentials reach the chart's containers the way
 a Kubernetes Secret would (``secrets.s3.existingSecret`` → env), and the values'
 S3 endpoints are pointed at the server with ``--set``.
@@ -9,25 +11,63 @@ S3 endpoints are pointed at the server with ``--set``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import secrets
 import shutil
 from pathlib import Path
 
-from .demo_assets import build_tiny_model, write_dataset
+from . import demo_task
 
 log = logging.getLogger(__name__)
 BUCKET = "llm-finetune-demo"
 
 
 def build_assets(directory: Path) -> Path:
-    """Build the demo model and dataset once (reused across runs; same bytes every time)."""
-    done = directory / ".complete"
-    if not done.exists():
-        build_tiny_model(directory / "model", pretrain_steps=600)
-        write_dataset(directory / "dataset", n_train=600, n_eval=60)
-        done.write_text("ok\n")
+    """The demo model and dataset in ``directory``: copied from this machine's cache of them, built
+    there first when missing (pretraining the base model; see :func:`assets_key`)."""
+    if (directory / ".complete").exists():
+        return directory
+    cached = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-finetune" / f"demo-{assets_key()}"
+    try:
+        if not (cached / ".complete").exists():
+            _build(cached.parent / f".{cached.name}-{os.getpid()}", rename_to=cached)
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.copytree(cached, directory)
+    except OSError as exc:  # no writable cache: build in place
+        log.warning("demo: cannot use the cache %s (%s): building in %s", cached, exc, directory)
+        _build(directory)
     return directory
+
+
+def assets_key() -> str:
+    """What the demo assets depend on: the code that builds them and the library versions that run it."""
+    from importlib.metadata import version
+
+    from . import demo_assets
+
+    digest = hashlib.sha256()
+    for module in (demo_task, demo_assets):
+        digest.update(Path(module.__file__).read_bytes())
+    for dist in ("torch", "transformers", "tokenizers"):
+        digest.update(f"{dist}=={version(dist)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _build(where: Path, rename_to: Path | None = None) -> None:
+    log.info("demo: building the tiny base model (pretrained here, once per machine) and the dataset in %s",
+             rename_to or where)
+    shutil.rmtree(where, ignore_errors=True)
+    demo_task.build_assets(where)
+    (where / ".complete").write_text("ok\n")
+    if rename_to is not None:
+        try:
+            os.rename(where, rename_to)
+        except OSError:  # another run built it at the same time
+            if not (rename_to / ".complete").exists():
+                raise
+            shutil.rmtree(where, ignore_errors=True)
 
 
 def serve_demo(workdir: Path):

@@ -1,7 +1,8 @@
-"""Deterministic demo assets: a tiny Llama model and an Alpaca-like instruction dataset.
+"""Deterministic test assets: a tiny Llama model and an Alpaca-like instruction dataset.
 
-Used by ``make run`` (through ``llm-finetune demo-assets``), the tests and the benchmarks,
-so that everything runs offline on a CPU. The same seed gives byte-identical files.
+Used by the tests, the benchmarks and ``llm-finetune demo-assets``, so that everything runs
+offline on a CPU; ``make run``'s own task and pretrained base are in :mod:`.demo_task`. The same
+seed gives the same files on the same machine.
 
 * The dataset's tasks are learnable by a tiny model (reverse, sort, count, repeat,
   uppercase words from a small vocabulary), and its lengths spread like Alpaca's: most
@@ -17,6 +18,7 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import Any, Callable
 
 ALPACA_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 CHAT_TEMPLATE = (
@@ -104,8 +106,8 @@ def _corpus(seed: int) -> list[str]:
     return texts
 
 
-def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
-    """A byte-level BPE tokenizer trained on the demo corpus (deterministic)."""
+def build_tokenizer(vocab_size: int = 1024, seed: int = 0, corpus: list[str] | None = None):
+    """A byte-level BPE tokenizer trained on ``corpus`` (default: the Alpaca-like demo corpus; deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -114,7 +116,7 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    tok.train_from_iterator(corpus if corpus is not None else _corpus(seed), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
                                    eos_token="<|end|>", bos_token=None)
     fast.chat_template = CHAT_TEMPLATE
@@ -122,54 +124,33 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0):
     return fast
 
 
-def _pretrain(model, tokenizer, steps: int, seed: int) -> None:
-    """Next-token training on plain word sequences, some followed by a copy, a reversed, sorted
-    or upper-case copy, or their count, with no instructions: the demo base model has the skills
-    but does not follow the Alpaca format, which is what fine-tuning then teaches."""
-    import torch
-
-    rng = random.Random(seed)
-    transforms = [lambda w: w, lambda w: list(reversed(w)), sorted, lambda w: [x.upper() for x in w],
-                  lambda w: [_NUMBERS[len(w)] if len(w) < len(_NUMBERS) else str(len(w))]]
-
-    def text() -> str:
-        words = [rng.choice(_WORDS) for _ in range(_length(rng))][:24]
-        if rng.random() < 0.2:
-            return " ".join(words)
-        return " ".join(words) + "\n" + " ".join(rng.choice(transforms)(words))
-
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        batch = tokenizer([text() + tokenizer.eos_token for _ in range(16)], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-
-
 def build_tiny_model(directory: str | os.PathLike[str], *, seed: int = 0, vocab_size: int = 1024,
-                     hidden_size: int = 64, num_layers: int = 2, pretrain_steps: int = 0) -> Path:
-    """Save a tiny Llama and its tokenizer to ``directory``: randomly initialised, or with
-    ``pretrain_steps`` of next-token training on word sequences (the ``make run`` demo)."""
+                     hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
+                     corpus: list[str] | None = None, train: Callable[[Any, Any], None] | None = None) -> Path:
+    """Save a tiny Llama and its tokenizer (trained on ``corpus``, default the Alpaca-like demo
+    corpus) to ``directory``: randomly initialised, or trained by ``train(model, tokenizer)``
+    first (the ``make run`` demo's pretraining: :mod:`.demo_task`)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(vocab_size, seed)
+    tokenizer = build_tokenizer(vocab_size, seed, corpus)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=4,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
         max_position_embeddings=2048, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    if pretrain_steps:
-        _pretrain(model, tokenizer, pretrain_steps, seed)
+    if train is not None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same result wherever it runs: no thread-count-dependent reductions
+        try:
+            train(model, tokenizer)
+        finally:
+            torch.set_num_threads(threads)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(d, safe_serialization=True)
     tokenizer.save_pretrained(d)

@@ -27,7 +27,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator
 
-log = logging.getLogger("llm_finetune.trainer")
+log = logging.getLogger(__name__)
 
 
 def enabled(args: Any) -> bool:

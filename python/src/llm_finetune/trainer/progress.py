@@ -94,5 +94,16 @@ def make_progress_callback(interval: float = 30.0):
     return ProgressCallback()
 
 
+def peak_memory_bytes() -> int:
+    """This process's peak memory: CUDA's peak allocation on a GPU, else the peak resident set size."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def debug_samples_dir() -> str | None:
     return os.environ.get(DEBUG_SAMPLES_ENV) or None

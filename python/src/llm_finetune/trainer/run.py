@@ -29,7 +29,7 @@ from .data.formats import CHAT, INSTRUCTION, assistant_only_loss
 from .data.splits import load_splits
 from .dist import Ranks, all_true, broadcast, scratch_root, sync_checkpoint, writable_dir
 from .model import check_config, load_model, load_tokenizer, lora_config
-from .progress import RecordingCollator, debug_samples_dir, make_progress_callback
+from .progress import RecordingCollator, debug_samples_dir, make_progress_callback, peak_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def write_output(run: Run, trainer, tokenizer, data: Data, result, eval_metrics)
     state = trainer.state
     metrics: dict[str, Any] = {"train": result.metrics, "eval": eval_metrics, "log_history": state.log_history,
                                "global_step": state.global_step, "world_size": run.args.world_size,
-                               "num_input_tokens_seen": state.num_input_tokens_seen}
+                               "num_input_tokens_seen": state.num_input_tokens_seen, "peak_memory_bytes": peak_memory_bytes()}
     out = finish_output(cfg, staging, trainer=trainer, tokenizer=tokenizer,
                         kind="adapter" if run.peft_config is not None else "model", fmt=data.info["format"],
                         num_labels=data.info.get("numLabels"), metrics=metrics, label_names=data.info.get("labelNames"),
@@ -313,6 +313,7 @@ def _summary(run: Run, state, train_metrics: dict[str, Any], eval_metrics: dict[
         parts.append(f"eval loss {eval_metrics['eval_loss']:.4f}")
     if train_metrics.get("train_runtime") and state.num_input_tokens_seen:
         parts.append(f"{state.num_input_tokens_seen / train_metrics['train_runtime']:.0f} tokens/s")
+    parts.append(f"peak memory {peak_memory_bytes() / 2 ** 30:.2f} GiB")
     parts.append(f"world size {run.args.world_size}")
     parts.append(f"output {out}" + (f", exported to {exported}" if exported else ""))
     return ", ".join(parts)
