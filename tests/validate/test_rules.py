@@ -48,6 +48,15 @@ def problems(overlay, severity=None):
      "data.format", "causal LM format"),
     ({"model": {"transformerType": "AutoModelForMaskedLM"}}, "model.transformerType", "does not train it"),
     ({"training": {"method": "full"}, "output": {"mergeAdapter": True}}, "output.mergeAdapter", "lora or dora"),
+    # what cannot work with FSDP (core.contract.fsdp_problems)
+    ({"job": {"resources": {"gpu": 1}}, "training": {"method": "qlora", "args": {"fsdp": True}}}, "training.method",
+     "FSDP cannot shard"),
+    ({"training": {"args": {"fsdp": True, "fsdp_config": {"state_dict_type": "SHARDED_STATE_DICT"}}}},
+     "training.args.fsdp_config.state_dict_type", "only rank 0 writes the run volume"),
+    ({"training": {"args": {"fsdp": True, "activation_checkpointing": True, "fsdp_config": {"activation_checkpointing": True}}}},
+     "training.args.fsdp_config.activation_checkpointing", "cannot both be on"),
+    ({"training": {"args": {"fsdp": True, "deepspeed": "ds.json"}}}, "training.args.deepspeed", "use one"),
+    ({"training": {"args": {"fsdp": "full_shard hybrid_shard"}}}, "training.args.fsdp", "not an FSDP2 option"),
     # output kept nowhere
     ({"storage": {"mode": "perPod", "perPod": {"outputToClaim": False}}}, "output.export.uri", "keeps no copy of the output"),
 ])
@@ -86,6 +95,7 @@ def test_warnings_do_not_fail(overlay, path, words):
     {"secrets": {"hf": {"existingSecret": "hf-token"}}, "output": {"export": {"uri": "hf://org/adapter"}}},
     {"storage": {"mode": "perPod", "perPod": {"outputToClaim": False}}, "output": {"export": {"uri": "s3://out/run1"}}},
     {"model": {"transformerType": "AutoModelForSequenceClassification", "numLabels": 3}, "data": {"packing": False}},
+    {"training": {"method": "full", "args": {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True}}}},
 ])
 def test_sound_values_have_no_errors(overlay):
     assert not problems(overlay, "error"), [p.render() for p in problems(overlay, "error")]
