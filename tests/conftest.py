@@ -89,8 +89,8 @@ def demo_dataset_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_assets(tmp_path_factory) -> Path:
-    """What ``run-local --demo`` builds in ``<workdir>/demo-assets`` (llm_finetune.local.demo.build_assets:
-    the tiny model pretrained 600 steps, the dataset), built once per session: minutes of CPU each time."""
+    """What ``run-local --demo`` puts in ``<workdir>/demo-assets`` (llm_finetune.local.demo.build_assets: the
+    pretrained demo base model and the dataset, copied from this machine's cache, built there first if missing)."""
     from llm_finetune.local.demo import build_assets
 
     return build_assets(tmp_path_factory.mktemp("demo-assets"))
