@@ -11,9 +11,10 @@
 * :func:`arm_exit_watchdog` — after SIGTERM/SIGINT a command has written its message; if a
   library thread (a blocked download) keeps the interpreter from exiting, the process
   still ends with its exit code within a few seconds (well inside a pod's grace period).
-* :func:`exit_on_sigterm` — a Python signal handler runs only when the main thread gets
-  back to Python code; a main thread blocked in C++ (torch's rendezvous store) would ignore
-  SIGTERM for as long as it waits. This handles it in a thread instead (the wakeup fd).
+* :func:`exit_on_sigterm` / :func:`watch_signal` — a Python signal handler runs only when the main
+  thread gets back to Python code; a main thread blocked in C++ (torch's rendezvous store, a gloo
+  collective whose peer is gone) would ignore SIGTERM for as long as it waits. These see it in a
+  thread instead (the wakeup fd).
 
 Elsewhere than Linux the two first are no-ops.
 """
@@ -67,6 +68,22 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
     return os.getppid() == expected_parent
 
 
+def watch_signal(sig: int, on_signal: Callable[[], None]) -> None:
+    """Call ``on_signal()`` in a thread each time ``sig`` arrives, also while the main thread is blocked
+    in C/C++ code (a collective, a store), where Python runs no handler. Needs a Python handler for
+    ``sig`` (``signal.signal``), which still runs when the main thread gets back to Python. Main thread only."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while data := os.read(read_fd, 64):
+            if int(sig) in data:
+                on_signal()
+
+    threading.Thread(target=watch, name=f"signal-{int(sig)}-watch", daemon=True).start()
+
+
 def exit_on_sigterm(on_term: Callable[[], int]) -> Callable[[], bool]:
     """From now on SIGTERM calls ``on_term()`` in a thread and the process exits with what it returns,
     wherever the main thread is. Returns ``active()``: False once someone else handles SIGTERM
@@ -74,23 +91,16 @@ def exit_on_sigterm(on_term: Callable[[], int]) -> Callable[[], bool]:
     def handler(signum, frame) -> None:  # noqa: ARG001 - the watcher thread does the work
         pass
 
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
     signal.signal(signal.SIGTERM, handler)
-    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
     def active() -> bool:
         return signal.getsignal(signal.SIGTERM) is handler
 
-    def watch() -> None:
-        while data := os.read(read_fd, 64):
-            if int(signal.SIGTERM) in data and active():
-                code = on_term()
-                for stream in (sys.stdout, sys.stderr):
-                    stream.flush()
-                os._exit(code)
+    def on_signal() -> None:
+        if active():
+            exit_now(on_term())
 
-    threading.Thread(target=watch, name="sigterm-watch", daemon=True).start()
+    watch_signal(signal.SIGTERM, on_signal)
     return active
 
 

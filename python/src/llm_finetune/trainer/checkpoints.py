@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -155,16 +156,29 @@ def rotate(checkpoints_dir: str | os.PathLike[str], limit: int | None, keep: str
             shutil.rmtree(p, ignore_errors=True)
 
 
+SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"  # the chart sets it inside the pod's grace period
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0  # torchrun's own default
+
+
 class StopFlag:
-    """Set by SIGTERM. Before training starts it stops the command at once (nothing to save)."""
+    """Set by SIGTERM. Before training starts it stops the command at once (nothing to save).
+
+    A deadline too: a rank blocked in a collective whose peer is gone never gets back to the step's
+    end, so from the first SIGTERM it has the shutdown timeout (what torchrun waits before SIGKILL)
+    to stop; and a SIGTERM after its launcher died (the kernel's parent-death signal: nobody is left
+    to kill it) stops it at once. Both exit 143 with the last complete checkpoint kept for the resume."""
 
     def __init__(self) -> None:
         self.requested = False
         self.in_training = False
         self.stopped_at: int | None = None
+        self._deadline: threading.Timer | None = None
 
     def install(self) -> None:
+        from ..core.proc import watch_signal
+
         signal.signal(signal.SIGTERM, self._handler)
+        watch_signal(signal.SIGTERM, self._on_sigterm)
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
         if self.requested:
@@ -174,6 +188,30 @@ class StopFlag:
             raise Terminated("received SIGTERM before training started; nothing to save",
                              hint="the pod is retried and starts again")
         log.warning("received SIGTERM: saving a checkpoint at the end of this step, then stopping")
+
+    def _on_sigterm(self) -> None:
+        """In the signal-watch thread, at every SIGTERM."""
+        from ..core.proc import LAUNCHER_PID_ENV
+
+        launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+        if launcher.isdigit() and os.getppid() != int(launcher):
+            self._expire("its launcher is gone")
+        if self._deadline is None:
+            seconds = float(os.environ.get(SHUTDOWN_TIMEOUT_ENV) or DEFAULT_SHUTDOWN_TIMEOUT_S)
+            self._deadline = threading.Timer(seconds, self._expire, (f"no checkpoint within {seconds:.0f}s",))
+            self._deadline.daemon = True
+            self._deadline.start()
+
+    @staticmethod
+    def _expire(why: str) -> None:
+        from ..core.errors import EXIT_TERMINATED, write_termination_message
+        from ..core.proc import exit_now
+
+        message = (f"trainer: stopped by SIGTERM ({why}, e.g. a peer process ended); "
+                   "the next attempt resumes from the last complete checkpoint")
+        log.error("%s", message)
+        write_termination_message(message)
+        exit_now(EXIT_TERMINATED)
 
 
 def make_callback(stop: StopFlag, save_total_limit: int | None):
