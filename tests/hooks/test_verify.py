@@ -108,7 +108,7 @@ def test_failed_job(pod, kube_api, termination_log):
     assert main(args) == 1
     msg = termination_log.read_text()
     assert msg.startswith(f"verify: PyTorchJob '{job}' failed: PyTorchJob {job} is failed because 1 Master replica(s) failed.")
-    assert f"logs {job}-master-0 -c pytorch" in msg
+    assert f"logs -l training.kubeflow.org/job-name={job} --all-containers" in msg
 
 
 def test_running_job(pod, kube_api, termination_log):

@@ -224,7 +224,7 @@ def test_sigkill_of_run_local_stops_every_process_and_the_workdir_is_locked_till
         assert second.returncode == 1, second.stdout + second.stderr
         message = (tmp_path / "second.termination-log").read_text()
         assert message.startswith(f"run-local: {tmp_path / 'work'} is in use by another run-local (PID {proc.pid} since ")
-        assert "[master-0/" not in second.stdout  # it started nothing
+        assert "[worker-0/" not in second.stdout and "[master-0/" not in second.stdout  # it started nothing
 
         children = _descendants(proc.pid)
         assert len(children) >= 4  # SeaweedFS, 2 launchers, their workers (each in a session of its own)
@@ -245,7 +245,7 @@ def test_sigterm_stops_run_local_with_143_and_every_process(tmp_path, helm4, dem
     stops, one line, run-local's termination message and exit 143, as for the commands of the pods."""
     command = [LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "--workdir", str(tmp_path / "work")]
     with _started(command, _env(tmp_path, helm4), tmp_path / "out.log") as proc:
-        _wait_for_output(proc, tmp_path / "out.log", "[master-0/storage-initializer]", "no pod started")
+        _wait_for_output(proc, tmp_path / "out.log", "[worker-0/storage-initializer]", "no pod started")
         children = _descendants(proc.pid)
         assert len(children) >= 2  # SeaweedFS and the Master's initializer at least
         proc.send_signal(signal.SIGTERM)

@@ -43,7 +43,9 @@ class JobApi:
 JOB_APIS = {
     "PyTorchJob": JobApi("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs", "Succeeded",
                          ("Suspended", "Restarting", "Running", "Created"),
-                         "kubectl -n {ns} logs {name}-master-0 -c pytorch (and -c storage-initializer)"),
+                         # the pods' label: kubeflow/training-operator@v1.9.0 pkg/apis/kubeflow.org/v1/common_types.go
+                         # JobNameLabel (Worker-only by default: no <job>-master-0 pod)
+                         "kubectl -n {ns} logs -l training.kubeflow.org/job-name={name} --all-containers --prefix"),
     "TrainJob": JobApi("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs", "Complete", ("Suspended",),
                        "kubectl -n {ns} logs -l jobset.sigs.k8s.io/jobset-name={name} --all-containers --prefix"),
 }
