@@ -180,11 +180,16 @@ def _wait_for_output(proc: subprocess.Popen, log: Path, text: str, what: str, ti
         time.sleep(0.1)
 
 
-def test_ctrl_c_stops_every_local_process(tmp_path, helm4, demo_workdir):
+def _long_demo_command(tmp_path: Path) -> list[str]:
+    """run-local of the demo made to train for long (5000 steps, a log line each), to be stopped mid-training."""
     values = {"training": {"args": {"max_steps": 5000, "save_steps": 1000, "logging_steps": 1}}, "data": {"maxSeqLength": 64}}
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(values))
-    command = [LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "override.yaml"),
-               "--workdir", str(tmp_path / "work")]
+    return [LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "override.yaml"),
+            "--workdir", str(tmp_path / "work")]
+
+
+def test_ctrl_c_stops_every_local_process(tmp_path, helm4, demo_workdir):
+    command = _long_demo_command(tmp_path)
     with _started(command, _env(tmp_path, helm4), tmp_path / "out.log") as proc:
         _wait_for_output(proc, tmp_path / "out.log", "step 2/5000", "training did not start")
         children = _descendants(proc.pid)
@@ -212,10 +217,7 @@ def test_sigkill_of_run_local_stops_every_process_and_the_workdir_is_locked_till
     """run-local killed with SIGKILL (no chance to clean up): every process it started still stops — the
     trainers in their own sessions too — and a second run-local on the same workdir refuses to start
     meanwhile, naming the PID that holds it."""
-    values = {"training": {"args": {"max_steps": 5000, "save_steps": 1000, "logging_steps": 1}}, "data": {"maxSeqLength": 64}}
-    (tmp_path / "override.yaml").write_text(yaml.safe_dump(values))
-    command = [LLM_FINETUNE, "run-local", "--demo", "-f", str(DEMO), "-f", str(tmp_path / "override.yaml"),
-               "--workdir", str(tmp_path / "work")]
+    command = _long_demo_command(tmp_path)
     with _started(command, _env(tmp_path, helm4), tmp_path / "out.log") as proc:
         _wait_for_output(proc, tmp_path / "out.log", "step 2/5000", "training did not start")
 
